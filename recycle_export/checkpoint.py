@@ -1,0 +1,286 @@
+"""Checkpoints: our directory format, Hugging Face LLaMA directories, and safe loading.
+
+Our format (a directory):
+    config.json        ModelConfig fields plus "format", "format_version", "recycler_trained"
+    base.safetensors   the base model (Hugging Face names without the `model.` prefix)
+    recycler.safetensors  the recyclable module
+    tokenizer.json     optional, the `tokenizers` library's format
+    generation.json    optional: bos/eos/pad token ids and the chat template
+
+A Hugging Face LLaMA directory (config.json + *.safetensors) loads too; a fresh recyclable
+module is attached, with a warning. Pickled weights are never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from recycle_export.config import ModelConfig
+from recycle_export.model import RecycleGPT
+from runtime.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "recycle-export-checkpoint"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class GenerationInfo:
+    """Token ids and chat template the decoders need besides the weights."""
+
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    chat_template: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"bos_token_id": self.bos_token_id, "eos_token_ids": list(self.eos_token_ids),
+                "pad_token_id": self.pad_token_id, "chat_template": self.chat_template}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GenerationInfo":
+        return cls(data.get("bos_token_id"), tuple(data.get("eos_token_ids") or ()),
+                   data.get("pad_token_id"), data.get("chat_template"))
+
+
+@dataclass
+class Checkpoint:
+    model: RecycleGPT
+    recycler_trained: bool
+    generation: GenerationInfo = field(default_factory=GenerationInfo)
+    tokenizer_json: str | None = None  # the tokenizer file's text
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+
+def new_model(cfg: ModelConfig, seed: int = 0) -> RecycleGPT:
+    """A randomly initialised model (LLaMA's init: normal(0, 0.02) linears and embeddings)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = RecycleGPT(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    return model.eval()
+
+
+def save_checkpoint(ckpt: Checkpoint, out: Path) -> None:
+    """Write `ckpt` to the directory `out` atomically (a temporary sibling, then a rename).
+
+    Raises:
+        CheckpointError: `out` exists and is not an earlier checkpoint of ours.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not _is_our_checkpoint(out):
+        raise CheckpointError(f"{out} exists and holds other files; choose an empty or new directory")
+    model = ckpt.model
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION,
+              "recycler_trained": ckpt.recycler_trained, **model.cfg.to_dict()}
+    base = {k: v.contiguous() for k, v in model.base.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        del base["lm_head.weight"]  # the same tensor as embed_tokens.weight
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(base, tmp / "base.safetensors")
+        save_file({k: v.contiguous() for k, v in model.recycler.state_dict().items()},
+                  tmp / "recycler.safetensors")
+        (tmp / "generation.json").write_text(json.dumps(ckpt.generation.to_dict(), indent=2) + "\n")
+        if ckpt.tokenizer_json is not None:
+            (tmp / "tokenizer.json").write_text(ckpt.tokenizer_json)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _is_our_checkpoint(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text()).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Load our checkpoint format or a Hugging Face LLaMA directory.
+
+    Raises:
+        CheckpointError: the path is missing, holds pickled weights, or a tensor is missing,
+            unexpected, mis-shaped, of a wrong dtype, or its file is truncated.
+        ConfigError: config.json has an invalid or unsupported value.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(_pickle_message(path))
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} not found (expected a directory with config.json)")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"checkpoint {path} has no config.json")
+    if _is_our_checkpoint(path):
+        return _load_ours(path)
+    return _load_hf(path)
+
+
+def _pickle_message(path: Path) -> str:
+    return (f"{path} holds pickled weights, which can run arbitrary code when loaded, so they "
+            "are never unpickled. Convert them once, in an environment you trust: python -c "
+            "\"import torch; from safetensors.torch import save_file; "
+            f"save_file(torch.load('{path.name}', weights_only=True), 'model.safetensors')\"")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: {what} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            tensors.update(load_file(file))
+        except SafetensorError as exc:
+            raise CheckpointError(f"{file}: cannot read safetensors file, truncated or corrupt ({exc})") from None
+    return tensors
+
+
+def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str,
+            optional: set[str] = frozenset()) -> None:
+    """Copy `tensors` into `module`, refusing anything missing, unexpected or mis-shaped."""
+    expected = dict(module.state_dict())
+    if getattr(module, "lm_head", None) is not None and module.lm_head.weight is module.embed_tokens.weight:
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(tensors) - optional)
+    if missing:
+        raise CheckpointError(f"{source}: missing tensor {missing[0]!r} (expected shape "
+                              f"{tuple(expected[missing[0]].shape)})"
+                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]!r} with shape "
+                              f"{tuple(tensors[unexpected[0]].shape)}, not part of the model")
+    for name, target in expected.items():
+        if name not in tensors:
+            continue
+        value = tensors[name]
+        if not value.is_floating_point():
+            raise CheckpointError(f"{source}: tensor {name!r} has dtype {value.dtype}, "
+                                  "expected a floating-point dtype")
+        if value.shape != target.shape:
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(value.shape)}, "
+                                  f"expected {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(value.to(target.dtype))
+
+
+def _load_ours(path: Path) -> Checkpoint:
+    raw = _read_json(path / "config.json", "config.json")
+    version = raw.pop("format_version", None)
+    raw.pop("format")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}, this toolkit reads "
+                              f"version {FORMAT_VERSION}; re-create it with this version")
+    trained = raw.pop("recycler_trained", False)
+    cfg = ModelConfig.from_dict(raw, source=str(path / "config.json"))
+    model = RecycleGPT(cfg).eval()
+    for part, module in (("base", model.base), ("recycler", model.recycler)):
+        file = path / f"{part}.safetensors"
+        if not file.is_file():
+            raise CheckpointError(f"{path}: missing {file.name}")
+        assign_tensors(module, _read_tensors([file]), str(file))
+    generation = GenerationInfo()
+    if (path / "generation.json").is_file():
+        generation = GenerationInfo.from_dict(_read_json(path / "generation.json", "generation.json"))
+    tokenizer = (path / "tokenizer.json").read_text() if (path / "tokenizer.json").is_file() else None
+    if not trained:
+        log.warning("the recyclable module of %s was never trained: alternate will produce poor "
+                    "text and verify will accept few drafts", path)
+    return Checkpoint(model, bool(trained), generation, tokenizer)
+
+
+def config_from_hf(hf: dict, source: str) -> ModelConfig:
+    """Map a Hugging Face LlamaConfig dict onto ModelConfig, refusing what we do not model.
+
+    Raises:
+        ConfigError: another architecture, rope scaling, biases, or an invalid field.
+    """
+    if hf.get("model_type") != "llama":
+        raise ConfigError(f"{source}: model_type {hf.get('model_type')!r} is not supported; "
+                          "expected 'llama' (a LLaMA-family decoder)")
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf.get(flag):
+            raise ConfigError(f"{source}: config field {flag!r} is true; only bias-free LLaMA layers are supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{source}: config field 'hidden_act' is {hf['hidden_act']!r}, expected 'silu'")
+    rope = hf.get("rope_parameters") or {}
+    rope_type = rope.get("rope_type") or (hf.get("rope_scaling") or {}).get("rope_type") \
+        or (hf.get("rope_scaling") or {}).get("type") or "default"
+    if rope_type != "default":
+        raise ConfigError(f"{source}: rope scaling {rope_type!r} is not supported; expected plain rotary")
+    try:
+        return ModelConfig(
+            vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+            n_heads=hf["num_attention_heads"],
+            n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            ffn_dim=hf["intermediate_size"], head_dim=hf.get("head_dim"),
+            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            max_seq_len=min(int(hf.get("max_position_embeddings", 2048)), 2048))
+    except KeyError as exc:
+        raise ConfigError(f"{source}: missing required config field {exc.args[0]!r}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _load_hf(path: Path) -> Checkpoint:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise CheckpointError(_pickle_message(pickled[0]))
+        raise CheckpointError(f"{path}: no *.safetensors weights found")
+    hf = _read_json(path / "config.json", "config.json")
+    cfg = config_from_hf(hf, str(path / "config.json"))
+    model = RecycleGPT(cfg).eval()
+    tensors = {}
+    for name, value in _read_tensors(files).items():
+        if name.endswith("rotary_emb.inv_freq"):
+            continue  # a buffer older transformers saved; recomputed from rope_theta
+        tensors[name.removeprefix("model.")] = value
+    assign_tensors(model.base, tensors, str(path))
+    log.warning("%s has no recyclable module: attaching a freshly initialised one "
+                "(train it with `cli.py train-recycler`)", path)
+    fresh = new_model(cfg)
+    model.recycler.load_state_dict(fresh.recycler.state_dict())
+    eos = hf.get("eos_token_id")
+    eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+    template = None
+    if (path / "tokenizer_config.json").is_file():
+        template = _read_json(path / "tokenizer_config.json", "tokenizer_config.json").get("chat_template")
+    generation = GenerationInfo(hf.get("bos_token_id"), eos_ids, hf.get("pad_token_id"), template)
+    tokenizer = (path / "tokenizer.json").read_text() if (path / "tokenizer.json").is_file() else None
+    return Checkpoint(model, False, generation, tokenizer)

