@@ -81,7 +81,10 @@ class ModelConfig:
                    if n not in data and f.default is dataclasses.MISSING]
         if missing:
             raise ConfigError(f"{source}: missing required config field(s) {missing}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     @classmethod
     def load(cls, path: Path) -> "ModelConfig":

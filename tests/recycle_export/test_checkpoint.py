@@ -1,0 +1,118 @@
+"""Checkpoint round trip and one clear error per kind of bad checkpoint."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from cli import main
+from recycle_export.checkpoint import Checkpoint, GenerationInfo, load_checkpoint, save_checkpoint
+from recycle_export.config import ModelConfig
+from runtime.errors import CheckpointError, ConfigError
+from tests.conftest import TINY
+
+
+@pytest.fixture
+def saved(tiny, tmp_path):
+    out = tmp_path / "ckpt"
+    save_checkpoint(Checkpoint(tiny, True, GenerationInfo(eos_token_ids=(2,))), out)
+    return out
+
+
+def test_round_trip(tiny, saved):
+    loaded = load_checkpoint(saved)
+    assert loaded.config == tiny.cfg and loaded.recycler_trained
+    assert loaded.generation.eos_token_ids == (2,)
+    for (name, a), b in zip(tiny.state_dict().items(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert "lm_head.weight" not in load_file(saved / "base.safetensors")  # tied: stored once
+
+
+def _rewrite(file, edit):
+    tensors = load_file(file)
+    edit(tensors)
+    save_file(tensors, file)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.pop("layers.1.mlp.up_proj.weight"), r"missing tensor 'layers.1.mlp.up_proj.weight' \(expected shape \(128, 64\)\)"),
+    (lambda t: t.update(extra=torch.zeros(3)), r"unexpected tensor 'extra' with shape \(3,\)"),
+    (lambda t: t.update({"norm.weight": torch.zeros(65)}), r"'norm.weight' has shape \(65,\), expected \(64,\)"),
+    (lambda t: t.update({"norm.weight": torch.zeros(64, dtype=torch.int32)}), r"'norm.weight' has dtype torch.int32, expected a floating-point"),
+])
+def test_bad_tensors(saved, edit, message):
+    _rewrite(saved / "base.safetensors", edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(saved)
+
+
+def test_truncated_file(saved):
+    file = saved / "recycler.safetensors"
+    file.write_bytes(file.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="recycler.safetensors: cannot read safetensors file, truncated"):
+        load_checkpoint(saved)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("n_heads", 0, "'n_heads' must be a positive integer, got 0"),
+    ("n_kv_heads", 3, r"'n_heads' \(4\) must be a multiple of 'n_kv_heads' \(3\)"),
+    ("rope_theta", -1.0, "'rope_theta' must be a positive number"),
+    ("dim", "64", "'dim' must be a positive integer, got '64'"),
+    ("colour", "red", r"unknown config field\(s\) \['colour'\]"),
+])
+def test_invalid_config(saved, field, value, message):
+    config = json.loads((saved / "config.json").read_text())
+    config[field] = value
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=message):
+        load_checkpoint(saved)
+
+
+def test_config_not_json(saved):
+    (saved / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_checkpoint(saved)
+
+
+def test_pickled_weights_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(CheckpointError, match="pickled weights.*never unpickled.*save_file"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="pickled weights"):
+        load_checkpoint(tmp_path / "pytorch_model.bin")
+
+
+def test_hf_directory_problems(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nowhere")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    save_file({"x": torch.zeros(1)}, tmp_path / "model.safetensors")
+    with pytest.raises(ConfigError, match="model_type 'gpt2' is not supported"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    with pytest.raises(ConfigError, match="missing required config field 'vocab_size'"):
+        load_checkpoint(tmp_path)
+
+
+def test_save_refuses_foreign_directory(tiny, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="holds other files"):
+        save_checkpoint(Checkpoint(tiny, False), tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_cli_prints_one_error_line(saved):
+    (saved / "config.json").write_text(json.dumps({**TINY, "format": "recycle-export-checkpoint",
+                                                   "format_version": 1, "n_layers": -2}))
+    result = CliRunner().invoke(main, ["generate", "--model", str(saved), "--prompt", "hi"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {saved / 'config.json'}: config field 'n_layers' must be a positive integer, got -2"]
+
+
+def test_model_config_derives_head_dim():
+    assert ModelConfig(**TINY).head_dim == 16
+    assert ModelConfig(**{**TINY, "head_dim": 32}).head_dim == 32
