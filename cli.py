@@ -55,6 +55,63 @@ def import_gguf_cmd(gguf_path: str, out: str) -> None:
 
 
 @main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(), help="Checkpoint directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to write.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14..20).")
+@click.option("--max-seq-len", type=int, default=None, help="Override the checkpoint's maximum sequence length.")
+def export(model_path, out, dtype, opset, max_seq_len) -> None:
+    """Export full_step.onnx and recycle_step.onnx, then validate them against PyTorch."""
+    import time
+
+    from tqdm import tqdm
+
+    from recycle_export.export import ExportOptions, export as run_export
+
+    options = ExportOptions(dtype=dtype, opset=opset, max_seq_len=max_seq_len)
+    start = time.perf_counter()
+    with tqdm(total=4, desc="export", bar_format="{desc}: {n}/{total} {elapsed}", disable=None) as bar:
+        def progress(stage: str) -> None:
+            bar.set_description(stage)
+            bar.update(1)
+
+        manifest = run_export(model_path, out, options, progress)
+    click.echo(f"wrote {out} in {time.perf_counter() - start:.1f}s")
+    _echo_validation(manifest["validation"])
+
+
+def _echo_validation(validation: dict) -> None:
+    tol = validation["tolerance"]
+    click.echo(f"validation ({tol['dtype']}, tolerance {tol['relative_to_max_abs_reference']:g} "
+               f"x max(1, max |reference|)): {'passed' if validation['passed'] else 'FAILED'}")
+    for graph, outputs in validation["max_abs_diff"].items():
+        kv = [v for k, v in outputs.items() if k.startswith("present.")]
+        main_outputs = {k: v for k, v in outputs.items() if not k.startswith("present.")}
+        figures = ", ".join(f"{k} {v:.2e}" for k, v in main_outputs.items())
+        click.echo(f"  {graph}: {figures}, KV (max of {len(kv)}) {max(kv):.2e}")
+
+
+@main.command()
+@click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
+@click.option("--model", "model_path", type=click.Path(),
+              help="Checkpoint to compare with (default: the one the artifacts were exported from).")
+def validate(artifacts, model_path) -> None:
+    """Run both graphs under ONNX Runtime against the PyTorch model; record the figures."""
+    from recycle_export.validate import validate_artifacts
+
+    _echo_validation(validate_artifacts(artifacts, model_path)["validation"])
+
+
+@main.command()
+@click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
+def inspect(artifacts) -> None:
+    """Print the graphs' inputs and outputs, the KV description and the validation figures."""
+    from recycle_export.inspect import describe
+
+    click.echo(describe(artifacts))
+
+
+@main.command()
 @click.option("--model", "model_path", type=click.Path(), help="Checkpoint: decode with the PyTorch reference.")
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")

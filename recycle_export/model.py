@@ -52,20 +52,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-def attention_bias(attention_mask: torch.Tensor, new: int, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask (B, 1, T_new, S) from the padding mask (B, S), S = past + new.
+def attention_bias(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
+    """Additive float32 mask (B, 1, T_new, S) from the padding mask (B, S), S = past + new.
 
     Query i (cache index S - new + i) sees key k when k <= S - new + i and key k is real.
-    Masked entries get the dtype's most negative value, not -inf, so a padding query whose
-    row is fully masked yields a uniform (finite, unused) distribution instead of NaN.
+    Masked entries get float32's most negative value, not -inf, so a padding query whose
+    row is fully masked yields a uniform (finite, unused) distribution instead of NaN; the
+    scores are float32 when it is added, so float16 models cannot overflow to -inf.
     """
     total = attention_mask.shape[-1]
     key_index = torch.arange(total, device=attention_mask.device)  # (S,)
     query_index = key_index[total - new:]  # (T_new,)
     causal = key_index[None, :] <= query_index[:, None]  # (T_new, S)
     allowed = causal[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, T_new, S)
-    zero = torch.zeros((), dtype=dtype)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)
+    zero = torch.zeros((), dtype=torch.float32)
+    return torch.where(allowed, zero, torch.finfo(torch.float32).min)
 
 
 class Attention(nn.Module):
@@ -88,8 +89,8 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         k_full = k.repeat_interleave(group, dim=1)  # (B, H, S, D)
         v_full = v.repeat_interleave(group, dim=1)  # (B, H, S, D)
-        scores = q @ k_full.transpose(-1, -2) * self.head_dim ** -0.5 + bias  # (B, H, T, S)
-        out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v_full  # (B, H, T, D)
+        scores = (q @ k_full.transpose(-1, -2)).float() * self.head_dim ** -0.5 + bias  # (B, H, T, S)
+        out = torch.softmax(scores, dim=-1).to(q.dtype) @ v_full  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, H*D)
         return self.o_proj(out), (k, v)
 
@@ -146,7 +147,7 @@ class Recycler(nn.Module):
 def run_layers(layers, x, position_ids, attention_mask, past: list[KV], cfg: ModelConfig):
     """The shared decoder stack: (B, T, dim) -> (B, T, dim) and the present KV per layer."""
     cos, sin = rotary(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype)
-    bias = attention_bias(attention_mask, x.shape[1], x.dtype)
+    bias = attention_bias(attention_mask, x.shape[1])
     present = []
     for layer, layer_past in zip(layers, past, strict=True):
         x, kv = layer(x, cos, sin, bias, layer_past)
@@ -175,8 +176,7 @@ class RecycleGPT(nn.Module):
         x = self.base.embed_tokens(input_ids)  # (B, T, dim)
         x, present = run_layers(self.base.layers, x, position_ids, attention_mask, past, self.cfg)
         hidden = self.base.norm(x)  # (B, T, dim)
-        logits = self.base.lm_head(hidden[:, hidden.shape[1] - num_logits:])  # (B, N, V)
-        return StepOutput(logits, hidden, present)
+        return StepOutput(self.logits(hidden, num_logits), hidden, present)
 
     def recycle_step(self, input_ids, prev_hidden, position_ids, attention_mask,
                      past: list[KV], num_logits: int = 1) -> StepOutput:
@@ -188,5 +188,15 @@ class RecycleGPT(nn.Module):
         x = self.recycler.fuse(torch.cat([prev_hidden, embedded], dim=-1))  # (B, T, dim)
         x, present = run_layers(self.recycler.layers, x, position_ids, attention_mask, past, self.cfg)
         g = self.recycler.norm(x)  # (B, T, dim)
-        logits = self.base.lm_head(g[:, g.shape[1] - num_logits:])  # (B, N, V)
-        return StepOutput(logits, g, present)
+        return StepOutput(self.logits(g, num_logits), g, present)
+
+    def logits(self, hidden: torch.Tensor, num_logits) -> torch.Tensor:
+        """LM head on the last num_logits positions: (B, T, dim) -> (B, N, V).
+
+        Applied to a 2-D view so that ONNX gets Gemm(transB=1) on the very weight the
+        embedding gathers from; a 3-D MatMul would make the exporter store a transposed
+        copy of a tied (V, dim) matrix.
+        """
+        last = hidden[:, hidden.shape[1] - num_logits:]  # (B, N, dim)
+        b, n, d = last.shape
+        return self.base.lm_head(last.reshape(b * n, d)).view(b, n, self.cfg.vocab_size)  # (B, N, V)

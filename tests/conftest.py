@@ -63,3 +63,37 @@ def smollm_checkpoint(smollm_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2") / "ckpt"
     save_checkpoint(import_gguf(smollm_path), out)
     return out, load_checkpoint(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny, tmp_path_factory):
+    """The tiny model saved with a trained-looking recycler flag left off (as users get it)."""
+    from recycle_export.checkpoint import Checkpoint, GenerationInfo, save_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny") / "ckpt"
+    save_checkpoint(Checkpoint(tiny, False, GenerationInfo(eos_token_ids=(2,))), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint exported once per session (float32)."""
+    from recycle_export.export import export
+
+    out = tmp_path_factory.mktemp("tiny_export") / "artifacts"
+    export(tiny_checkpoint, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm_artifacts(smollm_checkpoint, tmp_path_factory):
+    """SmolLM2-135M-Instruct exported once per session (float32)."""
+    import time
+
+    from recycle_export.export import export
+
+    out = tmp_path_factory.mktemp("smollm2_export") / "artifacts"
+    start = time.perf_counter()
+    export(smollm_checkpoint[0], out)
+    logging.getLogger("tests").info("SmolLM2 export took %.1fs", time.perf_counter() - start)
+    return out

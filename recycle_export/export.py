@@ -1,0 +1,249 @@
+"""Export the full step and the recyclable step as two ONNX graphs on one KV contract.
+
+The graphs are traced with torch.onnx's TorchScript exporter (dynamo=False): it keeps the
+num_logits slice and a zero-length past symbolic, which torch.export specialises away.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from recycle_export.artifacts import hash_files, staged_folder, write_json
+from recycle_export.checkpoint import Checkpoint, load_checkpoint
+from recycle_export.model import RecycleGPT
+from runtime import contract as C
+from runtime.errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "recycle-export-artifacts"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SUPPORTED_OPSETS = range(14, 21)  # 14: Trilu-free attention and the shape ops we use; 20: newest the tracer emits
+DEFAULT_OPSET = 17
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# Graphs whose weights exceed this go to ONNX external data (protobuf caps a file at 2 GiB).
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    dtype: str = "float32"
+    opset: int = DEFAULT_OPSET
+    max_seq_len: int | None = None  # None keeps the checkpoint's
+    external_data_bytes: int = EXTERNAL_DATA_BYTES
+
+    def __post_init__(self) -> None:
+        if self.dtype not in TORCH_DTYPES:
+            raise ArtifactError(f"dtype {self.dtype!r} is not supported; choose one of {sorted(TORCH_DTYPES)}")
+        if self.opset not in SUPPORTED_OPSETS:
+            raise ArtifactError(f"opset {self.opset} is not supported; choose one in "
+                                f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+        if self.max_seq_len is not None and self.max_seq_len < 2:
+            raise ArtifactError(f"max_seq_len must be at least 2, got {self.max_seq_len}")
+
+
+def _pairs(flat: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def _flat(present) -> list[torch.Tensor]:
+    return [t for kv in present for t in kv]
+
+
+class FullStepGraph(nn.Module):
+    """full_step.onnx: inputs and outputs in the contract's order."""
+
+    def __init__(self, model: RecycleGPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, attention_mask, num_logits, *past):
+        out = self.model.base_step(input_ids, position_ids, attention_mask, _pairs(past), num_logits[0])
+        return (out.logits, out.hidden, *_flat(out.present))
+
+
+class RecycleStepGraph(nn.Module):
+    """recycle_step.onnx: inputs and outputs in the contract's order."""
+
+    def __init__(self, model: RecycleGPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, hidden_states, position_ids, attention_mask, num_logits, *past):
+        out = self.model.recycle_step(input_ids, hidden_states, position_ids, attention_mask,
+                                      _pairs(past), num_logits[0])
+        return (out.logits, out.hidden, *_flat(out.present))
+
+
+def graph_module(model: RecycleGPT, name: str) -> nn.Module:
+    return {C.FULL_STEP: FullStepGraph, C.RECYCLE_STEP: RecycleStepGraph}[name](model).eval()
+
+
+def example_inputs(spec: C.GraphContract, sizes: dict[str, int], dtype: torch.dtype,
+                   vocab_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Inputs for every tensor of the contract, with symbolic dimensions set from `sizes`
+    (batch, new, past, num_logits). Positions continue the past; the mask is all ones."""
+    batch, new, past = sizes[C.BATCH], sizes[C.NEW], sizes[C.PAST]
+    dims = {**sizes, C.TOTAL: past + new}
+    tensors = []
+    for t in spec.inputs:
+        shape = [dims[d] if isinstance(d, str) else d for d in t.shape]
+        if t.name == C.INPUT_IDS:
+            tensors.append(torch.randint(0, vocab_size, shape, generator=gen))
+        elif t.name == C.POSITION_IDS:
+            tensors.append(torch.arange(past, past + new).repeat(batch, 1))
+        elif t.name == C.ATTENTION_MASK:
+            tensors.append(torch.ones(shape, dtype=torch.long))
+        elif t.name == C.NUM_LOGITS_INPUT:
+            tensors.append(torch.tensor([sizes[C.NUM_LOGITS]]))
+        else:  # hidden states and KV
+            tensors.append(torch.randn(shape, generator=gen).to(dtype))
+    return tensors
+
+
+def _dynamic_axes(spec: C.GraphContract) -> dict[str, dict[int, str]]:
+    return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+            for t in (*spec.inputs, *spec.outputs)}
+
+
+def trace_graph(model: RecycleGPT, spec: C.GraphContract, path: Path, opset: int,
+                external_data_bytes: int) -> None:
+    """Trace one graph into `path` (external data beside it when the weights are large)."""
+    import onnx
+
+    dtype = model.base.embed_tokens.weight.dtype
+    sizes = {C.BATCH: 2, C.NEW: 3, C.PAST: 4, C.NUM_LOGITS: 2}
+    args = tuple(example_inputs(spec, sizes, dtype, model.cfg.vocab_size, torch.Generator().manual_seed(0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(graph_module(model, spec.name), args, str(path), input_names=spec.input_names,
+                          output_names=spec.output_names, dynamic_axes=_dynamic_axes(spec),
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+    proto = onnx.load(str(path))
+    share_transposed_weights(proto)
+    weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
+    path.unlink()
+    if weight_bytes > external_data_bytes:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)  # also runs strict shape inference
+
+
+def share_transposed_weights(proto) -> int:
+    """Point MatMul(x, W^T) at W itself, as Gemm(x, W, transB=1), when the tracer's
+    constant folding stored W^T beside W (a tied LM head: W also feeds the embedding's
+    Gather). Saves a (vocab, dim) matrix per graph on disk and in memory. Only 2-D `x`
+    qualifies (Gemm's rule); returns how many copies were dropped."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    by_shape: dict[tuple, list] = {}
+    for t in graph.initializer:
+        by_shape.setdefault(tuple(t.dims), []).append(t)
+    inferred = onnx.shape_inference.infer_shapes(proto).graph.value_info
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in inferred}
+    dropped = 0
+    for i, node in enumerate(graph.node):
+        weight = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        if weight is None or len(weight.dims) != 2 or ranks.get(node.input[0]) != 2:
+            continue
+        transposed = numpy_helper.to_array(weight).T
+        original = next((t for t in by_shape.get(tuple(reversed(weight.dims)), [])
+                         if (numpy_helper.to_array(t) == transposed).all()), None)
+        if original is None:
+            continue
+        graph.node[i].CopyFrom(helper.make_node("Gemm", [node.input[0], original.name], list(node.output),
+                                                name=node.name, transB=1))
+        if not any(weight.name in n.input for n in graph.node):
+            graph.initializer.remove(weight)
+            dropped += 1
+    return dropped
+
+
+def export(model_path: Path, out: Path, options: ExportOptions = ExportOptions(),
+           progress: Callable[[str], None] = lambda stage: None) -> dict:
+    """Export the checkpoint at `model_path` into the folder `out` and validate it.
+
+    Returns the manifest. The folder appears complete or not at all.
+
+    Raises:
+        CheckpointError, ConfigError: the checkpoint does not load.
+        ArtifactError: bad options, or `out` holds unrelated files.
+        ValidationError: a graph disagrees with PyTorch beyond the dtype's tolerance
+            (nothing is written then).
+    """
+    from recycle_export.validate import check_passed, validate_graphs
+
+    with staged_folder(out, MANIFEST) as tmp:
+        progress("loading checkpoint")
+        ckpt = load_checkpoint(model_path)
+        cfg = ckpt.config
+        if options.max_seq_len is not None:
+            cfg = dataclasses.replace(cfg, max_seq_len=options.max_seq_len)
+        reference = ckpt.model  # float32, the oracle for every dtype
+        model = reference if options.dtype == "float32" else copy.deepcopy(reference).to(TORCH_DTYPES[options.dtype])
+        dims = C.Dims.from_config(cfg.to_dict(), options.dtype)
+        for name, spec in C.graphs(dims).items():
+            progress(f"tracing {name}")
+            trace_graph(model, spec, tmp / f"{name}.onnx", options.opset, options.external_data_bytes)
+        if ckpt.tokenizer_json is not None:
+            (tmp / "tokenizer.json").write_text(ckpt.tokenizer_json)
+        manifest = _manifest(ckpt, cfg, dims, options, model_path)
+        progress("validating against PyTorch")
+        manifest["validation"] = validate_graphs(tmp, reference, dims)
+        check_passed(manifest["validation"])  # a failure discards the staged folder
+        manifest["files"] = hash_files(tmp)
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _manifest(ckpt: Checkpoint, cfg, dims: C.Dims, options: ExportOptions, model_path: Path) -> dict:
+    import onnx
+    import onnxruntime
+
+    warnings_ = []
+    if not ckpt.recycler_trained:
+        warnings_.append("the recyclable module was never trained: alternate will produce poor "
+                         "text and verify will accept few drafts")
+        log.warning("exporting an untrained recyclable module: %s", warnings_[-1])
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "dtype": options.dtype,
+        "opset": options.opset,
+        "kv": C.kv_description(dims),
+        "graphs": {name: {"file": f"{name}.onnx", "inputs": [dataclasses.asdict(t) for t in spec.inputs],
+                          "outputs": [dataclasses.asdict(t) for t in spec.outputs]}
+                   for name, spec in C.graphs(dims).items()},
+        "tokenizer": "tokenizer.json" if ckpt.tokenizer_json is not None else None,
+        "generation": ckpt.generation.to_dict(),
+        "recycler_trained": ckpt.recycler_trained,
+        "warnings": warnings_,
+        "source": {"checkpoint": str(Path(model_path).resolve())},
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "recycle_export": _version()},
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recycle-export")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,137 @@
+"""Validation: each exported graph under ONNX Runtime (CPU) against the PyTorch model.
+
+Tolerances, per export dtype, on the max abs difference of every output, scaled by the
+reference output's magnitude (max(1, max |reference|)) so that large logits are judged
+relatively: float32 1e-4 (float32 rounding over a few reorderings of reductions);
+float16 2e-2 (float16 keeps ~3 decimal digits; errors compound over layers, and the graph
+is compared with the float32 model, not with a float16 one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recycle_export.artifacts import hash_files, write_json
+from recycle_export.export import MANIFEST, TORCH_DTYPES, example_inputs, graph_module
+from recycle_export.model import RecycleGPT
+from runtime import contract as C
+from runtime.errors import ArtifactError, ValidationError
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
+
+# name -> (batch, new, past, num_logits, left padding of row 1)
+CASES = {
+    "prefill": (1, 7, 0, 1, 0),
+    "step_1_token": (1, 1, 7, 1, 0),
+    "step_2_tokens": (1, 2, 7, 2, 0),
+    "batch2_left_padded_prefill": (2, 6, 0, 2, 3),
+    "batch2_left_padded_step": (2, 2, 6, 2, 3),
+}
+
+
+def _case_inputs(spec: C.GraphContract, case: tuple, dtype: torch.dtype, vocab: int,
+                 gen: torch.Generator) -> dict[str, torch.Tensor]:
+    batch, new, past, num_logits, pad = case
+    sizes = {C.BATCH: batch, C.NEW: new, C.PAST: past, C.NUM_LOGITS: num_logits}
+    feeds = dict(zip(spec.input_names, example_inputs(spec, sizes, dtype, vocab, gen)))
+    if pad:  # row 1 starts with `pad` padding slots; its real positions start at 0
+        mask = feeds[C.ATTENTION_MASK]
+        mask[1, :pad] = 0
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        feeds[C.POSITION_IDS] = positions[:, past:]
+    return feeds
+
+
+def validate_graphs(folder: Path, model: RecycleGPT, dims: C.Dims) -> dict:
+    """Run both graphs in `folder` and the float32 PyTorch `model` on the same inputs.
+
+    Returns the figures for the manifest: per graph, per output, per case, the max abs
+    difference; the tolerance; whether all passed and, if not, which output failed.
+    """
+    import onnxruntime as ort
+
+    dtype = TORCH_DTYPES[dims.dtype]
+    tol = TOLERANCE[dims.dtype]
+    figures: dict = {}
+    failures = []
+    for name, spec in C.graphs(dims).items():
+        session = ort.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        wrapper = graph_module(model, name)
+        per_output: dict[str, dict[str, float]] = {out: {} for out in spec.output_names}
+        gen = torch.Generator().manual_seed(0)
+        for case_name, case in CASES.items():
+            feeds = _case_inputs(spec, case, dtype, dims.vocab_size, gen)
+            with torch.no_grad():
+                expected = wrapper(*(t.float() if t.is_floating_point() else t for t in feeds.values()))
+            got = session.run(None, {k: v.numpy() for k, v in feeds.items()})
+            for out_name, ref, actual in zip(spec.output_names, expected, got):
+                ref = ref.double().numpy()
+                diff = float(np.abs(actual.astype(np.float64) - ref).max())
+                per_output[out_name][case_name] = diff
+                allowed = tol * max(1.0, float(np.abs(ref).max()))
+                if not diff <= allowed:  # also catches NaN
+                    failures.append(f"{name} output {out_name!r} in case {case_name!r}: max abs "
+                                    f"difference {diff:.3g} exceeds {allowed:.3g}")
+        figures[name] = per_output
+    return {"tolerance": {"relative_to_max_abs_reference": tol, "dtype": dims.dtype},
+            "max_abs_diff": {g: {o: max(c.values()) for o, c in outs.items()} for g, outs in figures.items()},
+            "per_case": figures, "passed": not failures, "failures": failures}
+
+
+def check_passed(validation: dict) -> None:
+    """Raises: ValidationError naming the first failing output."""
+    if not validation["passed"]:
+        more = len(validation["failures"]) - 1
+        raise ValidationError(validation["failures"][0] + (f" (and {more} more)" if more else ""))
+
+
+def read_manifest(folder: Path) -> dict:
+    """Read and integrity-check an artifact folder's manifest.
+
+    Raises:
+        ArtifactError: no manifest, another format or version, or a file changed since export.
+    """
+    from recycle_export.export import FORMAT, FORMAT_VERSION
+
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{folder} has no {MANIFEST}; run `cli.py export --model CKPT --out {folder}`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: artifact format {manifest.get('format')!r} version "
+                            f"{manifest.get('format_version')!r}; this toolkit reads {FORMAT!r} version "
+                            f"{FORMAT_VERSION}: re-run `cli.py export`")
+    actual = hash_files(Path(folder), skip=(MANIFEST,))
+    for file, digest in manifest["files"].items():
+        if actual.get(file) != digest:
+            state = "is missing" if file not in actual else "changed since export"
+            raise ArtifactError(f"{folder}/{file} {state}; re-run `cli.py export`")
+    return manifest
+
+
+def validate_artifacts(folder: Path, model_path: Path | None = None) -> dict:
+    """Validate an export folder again (against `model_path`, by default the checkpoint it
+    was exported from) and record the new figures in its manifest.
+
+    Raises:
+        ArtifactError: the folder is not a complete export.
+        CheckpointError: the checkpoint does not load.
+        ValidationError: an output disagrees beyond tolerance (figures recorded first).
+    """
+    from recycle_export.checkpoint import load_checkpoint
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    model = load_checkpoint(model_path or manifest["source"]["checkpoint"]).model
+    dims = C.Dims.from_config(manifest["config"], manifest["dtype"])
+    manifest["validation"] = validate_graphs(folder, model, dims)
+    write_json(folder / MANIFEST, manifest)
+    check_passed(manifest["validation"])
+    return manifest

@@ -1,0 +1,146 @@
+"""The I/O contract of the two graphs: the one place where tensor names, dtypes, symbolic
+shapes and the KV layout are spelled (DESIGN.md section 3). Standard library only.
+
+KV layout, per layer, for key and value alike: [batch, kv_heads, seq, head_dim]. The base
+owns layers 0 .. L-1 and the recyclable module layers L .. L+R-1 of one namespace, so both
+graphs bind their caches the same way and the runtime allocates one pool for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.errors import ArtifactError
+
+CONTRACT_NAME = "concat-kv-v1"  # growing KV: present = concat(past, new)
+FULL_STEP = "full_step"
+RECYCLE_STEP = "recycle_step"
+FLOAT_DTYPES = ("float32", "float16")
+
+# Symbolic dimensions.
+BATCH, NEW, PAST, TOTAL, NUM_LOGITS = "batch", "new", "past", "total", "num_logits"
+
+INPUT_IDS = "input_ids"
+POSITION_IDS = "position_ids"
+ATTENTION_MASK = "attention_mask"
+NUM_LOGITS_INPUT = "num_logits"
+HIDDEN_STATES = "hidden_states"
+# ONNX forbids an output named like an input, so recycle_step's own state g gets its own name.
+MODULE_HIDDEN_STATES = "module_hidden_states"
+LOGITS = "logits"
+
+
+def past_key(layer: int) -> str:
+    return f"past_key_values.{layer}.key"
+
+
+def past_value(layer: int) -> str:
+    return f"past_key_values.{layer}.value"
+
+
+def present_key(layer: int) -> str:
+    return f"present.{layer}.key"
+
+
+def present_value(layer: int) -> str:
+    return f"present.{layer}.value"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # "int64", "float32" or "float16"
+    shape: tuple[str | int, ...]  # str entries are symbolic dimensions
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The model sizes the contract depends on, read from a manifest's config."""
+
+    n_layers: int
+    recycle_layers: int
+    n_kv_heads: int
+    head_dim: int
+    dim: int
+    vocab_size: int
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in FLOAT_DTYPES:
+            raise ArtifactError(f"float dtype {self.dtype!r} is not one of {FLOAT_DTYPES}")
+
+    @classmethod
+    def from_config(cls, config: dict, dtype: str = "float32") -> "Dims":
+        head_dim = config.get("head_dim") or config["dim"] // config["n_heads"]
+        return cls(config["n_layers"], config["recycle_layers"], config["n_kv_heads"],
+                   head_dim, config["dim"], config["vocab_size"], dtype)
+
+
+@dataclass(frozen=True)
+class GraphContract:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    kv_layers: tuple[int, ...]  # the global layer indices whose KV this graph reads and writes
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def _kv(dims: Dims, layers: range) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    past_shape = (BATCH, dims.n_kv_heads, PAST, dims.head_dim)
+    total_shape = (BATCH, dims.n_kv_heads, TOTAL, dims.head_dim)
+    past = [TensorSpec(name(i), dims.dtype, past_shape) for i in layers for name in (past_key, past_value)]
+    present = [TensorSpec(name(i), dims.dtype, total_shape)
+               for i in layers for name in (present_key, present_value)]
+    return past, present
+
+
+def _graph(name: str, dims: Dims, layers: range, with_hidden_input: bool) -> GraphContract:
+    past, present = _kv(dims, layers)
+    inputs = [TensorSpec(INPUT_IDS, "int64", (BATCH, NEW))]
+    if with_hidden_input:
+        inputs.append(TensorSpec(HIDDEN_STATES, dims.dtype, (BATCH, NEW, dims.dim)))
+    inputs += [TensorSpec(POSITION_IDS, "int64", (BATCH, NEW)),
+               TensorSpec(ATTENTION_MASK, "int64", (BATCH, TOTAL)),
+               TensorSpec(NUM_LOGITS_INPUT, "int64", (1,))]
+    hidden_out = MODULE_HIDDEN_STATES if with_hidden_input else HIDDEN_STATES
+    outputs = [TensorSpec(LOGITS, dims.dtype, (BATCH, NUM_LOGITS, dims.vocab_size)),
+               TensorSpec(hidden_out, dims.dtype, (BATCH, NEW, dims.dim))]
+    return GraphContract(name, tuple(inputs + past), tuple(outputs + present), tuple(layers))
+
+
+def full_step(dims: Dims) -> GraphContract:
+    """The base model's step: layers 0 .. L-1."""
+    return _graph(FULL_STEP, dims, range(dims.n_layers), with_hidden_input=False)
+
+
+def recycle_step(dims: Dims) -> GraphContract:
+    """The recyclable module's step: layers L .. L+R-1; hidden_states in is h_{j-1} per x_j,
+    module_hidden_states out is the module's own final-normed state g (for chained drafts)."""
+    return _graph(RECYCLE_STEP, dims, range(dims.n_layers, dims.n_layers + dims.recycle_layers),
+                  with_hidden_input=True)
+
+
+def graphs(dims: Dims) -> dict[str, GraphContract]:
+    return {FULL_STEP: full_step(dims), RECYCLE_STEP: recycle_step(dims)}
+
+
+def kv_description(dims: Dims) -> dict:
+    """The KV part of the contract as written into manifest.json."""
+    return {
+        "contract": CONTRACT_NAME,
+        "layout": ["batch", "kv_heads", "seq", "head_dim"],
+        "dtype": dims.dtype,
+        "kv_heads": dims.n_kv_heads,
+        "head_dim": dims.head_dim,
+        "base_layers": [0, dims.n_layers],
+        "module_layers": [dims.n_layers, dims.n_layers + dims.recycle_layers],
+        "input_names": [past_key("{i}"), past_value("{i}")],
+        "output_names": [present_key("{i}"), present_value("{i}")],
+    }
