@@ -21,13 +21,11 @@ from recycle_export.artifacts import hash_files, staged_folder, write_json
 from recycle_export.checkpoint import Checkpoint, load_checkpoint
 from recycle_export.model import RecycleGPT
 from runtime import contract as C
+from runtime.artifacts import FORMAT, FORMAT_VERSION, MANIFEST
 from runtime.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
-FORMAT = "recycle-export-artifacts"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 SUPPORTED_OPSETS = range(14, 21)  # 14: Trilu-free attention and the shape ops we use; 20: newest the tracer emits
 DEFAULT_OPSET = 17
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recycle_export.validate import read_manifest
+from runtime.artifacts import read_manifest
 
 _ONNX_TYPES = {1: "float32", 7: "int64", 10: "float16", 6: "int32", 16: "bfloat16"}
 

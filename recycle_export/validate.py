@@ -9,18 +9,18 @@ is compared with the float32 model, not with a float16 one).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from recycle_export.artifacts import hash_files, write_json
+from recycle_export.artifacts import write_json
 from recycle_export.export import MANIFEST, TORCH_DTYPES, example_inputs, graph_module
 from recycle_export.model import RecycleGPT
 from runtime import contract as C
-from runtime.errors import ArtifactError, ValidationError
+from runtime.artifacts import read_manifest
+from runtime.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -90,30 +90,6 @@ def check_passed(validation: dict) -> None:
     if not validation["passed"]:
         more = len(validation["failures"]) - 1
         raise ValidationError(validation["failures"][0] + (f" (and {more} more)" if more else ""))
-
-
-def read_manifest(folder: Path) -> dict:
-    """Read and integrity-check an artifact folder's manifest.
-
-    Raises:
-        ArtifactError: no manifest, another format or version, or a file changed since export.
-    """
-    from recycle_export.export import FORMAT, FORMAT_VERSION
-
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{folder} has no {MANIFEST}; run `cli.py export --model CKPT --out {folder}`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: artifact format {manifest.get('format')!r} version "
-                            f"{manifest.get('format_version')!r}; this toolkit reads {FORMAT!r} version "
-                            f"{FORMAT_VERSION}: re-run `cli.py export`")
-    actual = hash_files(Path(folder), skip=(MANIFEST,))
-    for file, digest in manifest["files"].items():
-        if actual.get(file) != digest:
-            state = "is missing" if file not in actual else "changed since export"
-            raise ArtifactError(f"{folder}/{file} {state}; re-run `cli.py export`")
-    return manifest
 
 
 def validate_artifacts(folder: Path, model_path: Path | None = None) -> dict:

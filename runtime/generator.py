@@ -1,0 +1,337 @@
+"""The Generator: prompt in, tokens out, alternating the two engines (DESIGN.md sections 2, 5).
+
+The schedules read as in the PyTorch reference decoder (recycle_export/reference.py), over
+a batch whose rows move in lockstep: every cache holds the same positions for every row,
+prompts are left-padded, and a row that finished keeps decoding (its tokens ignored)
+until all rows are done. verify decodes one prompt at a time, since rows would accept
+different numbers of drafts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from runtime import contract as C
+from runtime.artifacts import Artifacts
+from runtime.errors import GenerationError
+from runtime.kv import BASE, MODULE, KVPool
+from runtime.sampling import SamplingParams, accept_draft, draw, probabilities
+
+STRATEGIES = ("standard", "alternate", "verify")
+
+
+@dataclass
+class Stats:
+    base_calls: int = 0
+    module_calls: int = 0
+    drafts_proposed: int = 0
+    drafts_accepted: int = 0
+    batch: int = 1
+    prompt_tokens: int = 0
+    generated_tokens: int = 0  # over all rows
+    prefill_seconds: float = 0.0  # up to the first generated token
+    decode_seconds: float = 0.0  # from the first generated token to the last
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.drafts_accepted / self.drafts_proposed if self.drafts_proposed else None
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after each row's first, per second of decoding."""
+        return (self.generated_tokens - self.batch) / self.decode_seconds if self.decode_seconds else 0.0
+
+
+@dataclass
+class Result:
+    tokens: list[int]  # generated tokens, without a stop token
+    finish_reason: str  # "stop", "max_new_tokens" or "length"
+    stats: Stats
+    text: str | None = None  # decoded (cut before a stop string) when the Generator has a codec
+
+
+@dataclass(frozen=True)
+class Request:
+    strategy: str = "standard"
+    sampling: SamplingParams = SamplingParams()
+    max_new_tokens: int = 64
+    stop_token_ids: tuple[int, ...] | None = None  # None: the model's end-of-sequence tokens
+    stop_strings: tuple[str, ...] = ()
+
+
+@dataclass
+class _State:
+    tokens: np.ndarray  # (B, capacity) int64: left padding, prompt, generated
+    mask: np.ndarray  # (B, capacity) int64: 0 on left padding, 1 from each row's first token on
+    pad: np.ndarray  # (B,) left padding per row
+    hidden: np.ndarray  # (B, capacity, dim): the base's h_j per cache position
+    pool: KVPool
+    request: Request
+    stop_ids: frozenset[int]
+    rng: np.random.Generator
+    length: int  # positions filled in `tokens` (same for every row)
+    prompt_end: int
+    finish: list[str | None]  # per row
+    n_tokens: list[int]  # generated tokens counted per row (frozen when the row finishes)
+    stats: Stats = field(default_factory=Stats)
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+    def unseen(self, cache: str) -> np.ndarray:
+        """Tokens the cache has not consumed yet: (B, T)."""
+        return self.tokens[:, self.pool.lengths[cache]:self.length]
+
+
+class Stream:
+    """Iterate to receive a one-prompt generation token by token; `result()` finishes it."""
+
+    def __init__(self, steps: Iterator[np.ndarray], state: _State, finalize):
+        self._steps, self._state, self._finalize = steps, state, finalize
+        self._result: Result | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        counted = 0
+        for column in self._steps:
+            if self._state.n_tokens[0] > counted:  # a stop token is not counted, nor yielded
+                counted = self._state.n_tokens[0]
+                yield int(column[0])
+
+    def result(self) -> Result:
+        if self._result is None:
+            for _ in self._steps:
+                pass
+            self._result = self._finalize(self._state)[0]
+        return self._result
+
+
+class Generator:
+    """Decode with a backend over one export's artifacts. Thread-safe: all decoding state
+    lives in a per-call _State; the backend's sessions are shared."""
+
+    def __init__(self, backend, artifacts: Artifacts, codec=None):
+        self.backend, self.artifacts, self.codec = backend, artifacts, codec
+        self.dims = artifacts.dims
+        self.capacity = artifacts.max_seq_len
+
+    @classmethod
+    def from_artifacts(cls, folder, backend: str = "onnxruntime", check_hashes: bool = True,
+                       **backend_options) -> "Generator":
+        """Load an export folder with the named backend.
+
+        Raises:
+            ArtifactError: the folder is incomplete, changed, or incompatible.
+        """
+        from runtime.backends import load_backend
+
+        artifacts = Artifacts.load(folder, check_hashes)
+        codec = artifacts.codec() if artifacts.manifest.get("tokenizer") else None
+        return cls(load_backend(artifacts, backend, **backend_options), artifacts, codec)
+
+    # Public API.
+
+    def encode(self, text: str, chat: bool = False) -> list[int]:
+        """Raises: GenerationError without a tokenizer, for empty text, or --chat without a template."""
+        if self.codec is None:
+            raise GenerationError(f"{self.artifacts.folder} has no tokenizer; pass token ids")
+        return self.codec.encode(text, chat=chat)
+
+    def stream(self, prompt_ids: list[int], request: Request = Request()) -> Stream:
+        """Start generating after `prompt_ids`; iterate the Stream for tokens as they come.
+
+        Raises:
+            GenerationError: an invalid prompt or request (see generate_batch).
+        """
+        state = self._start([list(prompt_ids)], request)
+        return Stream(self._run(state), state, self._finalize)
+
+    def generate(self, prompt_ids: list[int], request: Request = Request()) -> Result:
+        return self.stream(prompt_ids, request).result()
+
+    def generate_batch(self, prompts: list[list[int]], request: Request = Request()) -> list[Result]:
+        """Generate for several prompts at once (left-padded; standard and alternate).
+
+        Raises:
+            GenerationError: an empty prompt, one too long for the maximum sequence length,
+                token ids outside the vocabulary, an unknown strategy, verify with more than
+                one prompt, or max_new_tokens < 1.
+        """
+        state = self._start([list(p) for p in prompts], request)
+        for _ in self._run(state):
+            pass
+        return self._finalize(state)
+
+    # Set-up and tear-down.
+
+    def _start(self, prompts: list[list[int]], request: Request) -> _State:
+        self._check(prompts, request)
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        tokens = np.full((batch, self.capacity), self.artifacts.pad_token_id, dtype=np.int64)
+        mask = np.zeros((batch, self.capacity), dtype=np.int64)
+        pad = np.array([longest - len(p) for p in prompts])
+        for row, prompt in enumerate(prompts):
+            tokens[row, pad[row]:longest] = prompt
+            mask[row, pad[row]:] = 1
+        stop_ids = request.stop_token_ids
+        state = _State(
+            tokens, mask, pad, np.zeros((batch, self.capacity, self.dims.dim), dtype=self.dims.dtype),
+            KVPool(self.dims, batch, self.capacity), request,
+            frozenset(self.artifacts.eos_token_ids if stop_ids is None else stop_ids),
+            np.random.default_rng(request.sampling.seed), longest, longest, [None] * batch, [0] * batch)
+        state.stats.prompt_tokens = sum(len(p) for p in prompts)
+        state.stats.batch = batch
+        return state
+
+    def _check(self, prompts: list[list[int]], request: Request) -> None:
+        if request.strategy not in STRATEGIES:
+            raise GenerationError(f"unknown strategy {request.strategy!r}; expected one of {STRATEGIES}")
+        if not prompts:
+            raise GenerationError("no prompts given")
+        if request.strategy == "verify" and len(prompts) > 1:
+            raise GenerationError("verify decodes one prompt at a time; use standard or alternate for a batch")
+        if request.max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+        if request.stop_strings and self.codec is None:
+            raise GenerationError("stop strings need a tokenizer, and this export has none")
+        for prompt in prompts:
+            if not prompt:
+                raise GenerationError("the prompt is empty")
+            if len(prompt) >= self.capacity:
+                raise GenerationError(f"the prompt has {len(prompt)} tokens; the maximum sequence length "
+                                      f"is {self.capacity}, leaving no room to generate")
+            bad = [t for t in prompt if not 0 <= t < self.dims.vocab_size]
+            if bad:
+                raise GenerationError(f"token id {bad[0]} is outside the vocabulary [0, {self.dims.vocab_size})")
+
+    def _run(self, s: _State) -> Iterator[np.ndarray]:
+        yield from getattr(self, f"_{s.request.strategy}")(s)
+        s.stats.decode_seconds = time.perf_counter() - (s.first_token_at or s.started)
+
+    def _finalize(self, s: _State) -> list[Result]:
+        results = []
+        for row in range(s.batch):
+            tokens = s.tokens[row, s.prompt_end:s.prompt_end + s.n_tokens[row]].tolist()
+            text = self._cut_at_stop_string(self.codec.decode(tokens), s.request) if self.codec else None
+            results.append(Result(tokens, s.finish[row], s.stats, text))
+        return results
+
+    @staticmethod
+    def _cut_at_stop_string(text: str, request: Request) -> str:
+        cuts = [text.find(stop) for stop in request.stop_strings if stop in text]
+        return text[:min(cuts)] if cuts else text
+
+    # The schedules (DESIGN.md section 2), as in the reference decoder.
+
+    def _standard(self, s: _State):
+        logits = self._base_step(s, s.unseen(BASE))
+        while not (yield from self._emit(s, self._draw(s, logits[:, -1]))):
+            logits = self._base_step(s, s.unseen(BASE))
+
+    def _alternate(self, s: _State):
+        logits = self._base_step(s, s.unseen(BASE))
+        while not (yield from self._emit(s, self._draw(s, logits[:, -1]))):
+            if (yield from self._emit(s, self._draw(s, self._module_step(s)))):
+                return
+            logits = self._base_step(s, s.unseen(BASE))
+
+    def _verify(self, s: _State):
+        logits = self._base_step(s, s.unseen(BASE))
+        if (yield from self._emit(s, self._draw(s, logits[:, -1]))):
+            return
+        while True:
+            q = self._probs(s, self._module_step(s)[0])
+            draft = draw(q, s.rng)
+            s.stats.drafts_proposed += 1
+            ids = np.concatenate([s.unseen(BASE), [[draft]]], axis=1)
+            logits = self._base_step(s, ids, num_logits=2)
+            accepted, token = accept_draft(draft, self._probs(s, logits[0, 0]), q, s.rng)
+            if not accepted:
+                s.pool.rollback(BASE, 1)  # the base cache holds the rejected draft
+                if (yield from self._emit(s, np.array([token]))):
+                    return
+                continue
+            s.stats.drafts_accepted += 1
+            if (yield from self._emit(s, np.array([token]))):
+                return
+            if (yield from self._emit(s, np.array([draw(self._probs(s, logits[0, 1]), s.rng)]))):
+                return
+
+    # Named steps.
+
+    def _positions(self, s: _State, start: int, end: int) -> np.ndarray:
+        return np.maximum(np.arange(start, end)[None, :] - s.pad[:, None], 0)  # (B, T)
+
+    def _base_step(self, s: _State, ids: np.ndarray, num_logits: int = 1) -> np.ndarray:
+        """Full step on ids (B, T) at the base cache's next positions; logits (B, N, V)."""
+        start = s.pool.lengths[BASE]
+        end = start + ids.shape[1]
+        out = self.backend.run(C.FULL_STEP, {
+            C.INPUT_IDS: np.ascontiguousarray(ids), C.POSITION_IDS: self._positions(s, start, end),
+            C.ATTENTION_MASK: s.mask[:, :end], C.NUM_LOGITS_INPUT: np.array([num_logits], dtype=np.int64),
+            **s.pool.feeds(BASE)})
+        s.pool.commit(BASE, out, ids.shape[1])
+        s.hidden[:, start:end] = out[C.HIDDEN_STATES]
+        s.stats.base_calls += 1
+        return out[C.LOGITS]
+
+    def _module_step(self, s: _State) -> np.ndarray:
+        """Recycle step on every token the module has not seen, each with h one position
+        earlier (zero before a row's first token); logits (B, V) for the next token."""
+        start, end = s.pool.lengths[MODULE], s.length
+        index = np.arange(start, end)
+        has_prev = index[None, :] - 1 >= s.pad[:, None]  # (B, T): h_{j-1} exists for the row
+        prev = np.where(has_prev[..., None], s.hidden[:, index - 1], 0).astype(self.dims.dtype)  # (B, T, dim)
+        out = self.backend.run(C.RECYCLE_STEP, {
+            C.INPUT_IDS: s.tokens[:, start:end], C.HIDDEN_STATES: prev,
+            C.POSITION_IDS: self._positions(s, start, end), C.ATTENTION_MASK: s.mask[:, :end],
+            C.NUM_LOGITS_INPUT: np.array([1], dtype=np.int64), **s.pool.feeds(MODULE)})
+        s.pool.commit(MODULE, out, end - start)
+        s.stats.module_calls += 1
+        return out[C.LOGITS][:, -1]
+
+    def _probs(self, s: _State, logits: np.ndarray) -> np.ndarray:
+        return probabilities(logits, s.request.sampling)
+
+    def _draw(self, s: _State, logits: np.ndarray) -> np.ndarray:
+        return np.array([draw(self._probs(s, row), s.rng) for row in logits])
+
+    def _emit(self, s: _State, column: np.ndarray):
+        """Append one token per row, yield it, and return True when every row is done."""
+        now = time.perf_counter()
+        if s.first_token_at is None:
+            s.first_token_at = now
+            s.stats.prefill_seconds = now - s.started
+        s.tokens[:, s.length] = column
+        s.length += 1
+        generated = s.length - s.prompt_end
+        for row, token in enumerate(column):
+            if s.finish[row] is not None:
+                continue
+            if token in s.stop_ids:
+                s.finish[row] = "stop"
+                continue
+            s.n_tokens[row] = generated
+            if s.request.stop_strings and self._has_stop_string(s, row):
+                s.finish[row] = "stop"
+            elif generated >= s.request.max_new_tokens:
+                s.finish[row] = "max_new_tokens"
+            elif s.length >= self.capacity:
+                s.finish[row] = "length"
+        s.stats.generated_tokens = sum(s.n_tokens)
+        yield column
+        return all(f is not None for f in s.finish)
+
+    def _has_stop_string(self, s: _State, row: int) -> bool:
+        text = self.codec.decode(s.tokens[row, s.prompt_end:s.length].tolist())
+        return any(stop in text for stop in s.request.stop_strings)
