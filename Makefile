@@ -22,8 +22,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 $(BUILD)/smollm2/config.json: $(VENV)/.installed
 	$(PY) cli.py import-gguf --gguf "$(SMOLLM_GGUF)" --out $(BUILD)/smollm2
 
-demo: $(BUILD)/smollm2/config.json
-	$(PY) cli.py generate --model $(BUILD)/smollm2 --chat --prompt "$(PROMPT)"
+$(BUILD)/smollm2-onnx/manifest.json: $(BUILD)/smollm2/config.json
+	$(PY) cli.py export --model $(BUILD)/smollm2 --out $(BUILD)/smollm2-onnx
+
+# import -> export (validated against PyTorch) -> generate with each strategy on the
+# ONNX Runtime CPU default -> a short side-by-side benchmark with the speedups.
+demo: $(BUILD)/smollm2-onnx/manifest.json
+	for strategy in standard alternate verify; do \
+	  $(PY) cli.py generate --artifacts $(BUILD)/smollm2-onnx --chat --strategy $$strategy --prompt "$(PROMPT)" || exit 1; \
+	done
+	$(PY) cli.py bench --artifacts $(BUILD)/smollm2-onnx --max-new-tokens 48 --repeats 3 \
+	  --json $(BUILD)/bench.json --chart $(BUILD)/bench.png
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

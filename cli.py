@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -112,26 +113,62 @@ def inspect(artifacts) -> None:
 
 
 @main.command()
+@click.option("--artifacts", type=click.Path(file_okay=False), help="Export directory: decode with the runtime.")
 @click.option("--model", "model_path", type=click.Path(), help="Checkpoint: decode with the PyTorch reference.")
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--strategy", type=click.Choice(["standard", "alternate", "verify"]), default="standard",
               show_default=True)
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
 @click.option("--top-k", type=int, default=0, show_default=True, help="0 switches it off.")
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None)
-def generate(model_path, prompt, chat, strategy, max_new_tokens, temperature, top_k, top_p, seed) -> None:
-    """Generate text from a prompt."""
+@click.option("--stop", "stop_strings", multiple=True, help="Stop string (repeatable; runtime only).")
+@click.option("--stream", is_flag=True, help="Print text as it is generated (runtime only).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (runtime; default: all cores).")
+def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temperature, top_k, top_p,
+             seed, stop_strings, stream, threads) -> None:
+    """Generate text from a prompt with the runtime (--artifacts) or the reference (--model)."""
+    from runtime.sampling import SamplingParams
+
+    if (artifacts is None) == (model_path is None):
+        raise click.UsageError("give exactly one of --artifacts DIR (runtime) or --model CKPT (reference)")
+    sampling = SamplingParams(temperature, top_k, top_p, seed)
+    if model_path is not None:
+        _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_tokens)
+        return
+    from runtime.generator import Generator, Request
+
+    generator = Generator.from_artifacts(artifacts, threads=threads)
+    ids = generator.encode(prompt, chat=chat)
+    run = generator.stream(ids, Request(strategy, sampling, max_new_tokens, stop_strings=tuple(stop_strings)))
+    if stream:
+        shown = ""
+        tokens = []
+        for token in run:
+            tokens.append(token)
+            text = generator.codec.decode(tokens)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                click.echo(text[len(shown):], nl=False)
+                shown = text
+        result = run.result()
+        click.echo(result.text[len(shown):] if result.text.startswith(shown) else "")
+    else:
+        result = run.result()
+        click.echo(result.text)
+    st = result.stats
+    acceptance = "" if st.acceptance is None else f", drafts accepted {st.drafts_accepted}/{st.drafts_proposed}"
+    click.echo(f"[{strategy}] {st.generated_tokens} tokens, finish: {result.finish_reason}, "
+               f"prefill {st.prefill_tokens_per_s:.0f} tok/s, decode {st.decode_tokens_per_s:.1f} tok/s, "
+               f"base calls {st.base_calls}, module calls {st.module_calls}{acceptance}", err=True)
+
+
+def _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_tokens) -> None:
     from recycle_export.checkpoint import load_checkpoint
     from recycle_export.reference import ReferenceDecoder
-    from runtime.sampling import SamplingParams
     from runtime.tokenizer import TextCodec
 
-    if model_path is None:
-        raise click.UsageError("give --model CKPT")
-    sampling = SamplingParams(temperature, top_k, top_p, seed)
     ckpt = load_checkpoint(model_path)
     codec = TextCodec.from_json(ckpt.tokenizer_json, ckpt.generation.chat_template, source=model_path)
     ids = codec.encode(prompt, chat=chat)
@@ -139,9 +176,56 @@ def generate(model_path, prompt, chat, strategy, max_new_tokens, temperature, to
         ids, strategy, sampling, max_new_tokens, ckpt.generation.eos_token_ids)
     click.echo(codec.decode(result.tokens))
     st = result.stats
-    click.echo(f"[{strategy}] {len(result.tokens)} tokens, finish: {result.finish_reason}, "
+    click.echo(f"[{strategy}, PyTorch reference] {len(result.tokens)} tokens, finish: {result.finish_reason}, "
                f"base calls {st.base_calls}, module calls {st.module_calls}, "
                f"drafts accepted {st.drafts_accepted}/{st.drafts_proposed}", err=True)
+
+
+@main.command()
+@click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
+@click.option("--strategies", default="standard,alternate,verify", show_default=True)
+@click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable; default: four built-in chat prompts).")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--warmup", type=int, default=1, show_default=True)
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench.json", show_default=True)
+@click.option("--chart", "chart_path", type=click.Path(dir_okay=False), default="bench.png", show_default=True)
+def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, threads, json_path, chart_path) -> None:
+    """Run the strategies side by side (greedy, same prompts) and report decode speed."""
+    import platform
+
+    from tqdm import tqdm
+
+    from runtime.bench import DEFAULT_PROMPTS, run_bench, table, write_chart, write_json
+    from runtime.errors import GenerationError
+
+    names = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    unknown = [s for s in names if s not in ("standard", "alternate", "verify")]
+    if unknown or not names:
+        raise GenerationError(f"unknown strategy {unknown[0] if unknown else strategies!r}; "
+                              "expected standard, alternate or verify")
+    if repeats < 1:
+        raise GenerationError(f"--repeats must be >= 1, got {repeats}")
+    from runtime.generator import Generator
+
+    generator = Generator.from_artifacts(artifacts, threads=threads)
+    ids = [generator.encode(p, chat=True) for p in (prompts or DEFAULT_PROMPTS)]
+    with tqdm(total=(warmup + repeats) * len(names), desc="bench", disable=None) as bar:
+        def progress(message: str) -> None:
+            bar.set_description(message)
+            bar.update(1)
+
+        figures = run_bench(generator, ids, names, max_new_tokens, repeats, warmup, progress)
+    click.echo(table(figures))
+    manifest = generator.artifacts.manifest
+    context = {"artifacts": str(artifacts), "dtype": manifest["dtype"], "machine": platform.processor() or platform.machine(),
+               "cores": __import__("os").cpu_count(), "threads": threads, "prompts": len(ids),
+               "max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup}
+    write_json(figures, json_path, context)
+    write_chart(figures, chart_path, f"{Path(artifacts).name} ({manifest['dtype']}, onnxruntime CPU, "
+                                     f"{context['cores']} cores): {max_new_tokens} new tokens x {len(ids)} prompts")
+    click.echo(f"wrote {json_path} and {chart_path}")
 
 
 if __name__ == "__main__":

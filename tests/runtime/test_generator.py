@@ -1,0 +1,180 @@
+"""The runtime against the PyTorch reference decoder, and its handling of bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from recycle_export.reference import ReferenceDecoder
+from runtime.errors import ArtifactError, GenerationError, SamplingError
+from runtime.generator import Generator, Request
+from runtime.sampling import SamplingParams
+
+PROMPTS = [[5, 17, 3], [88], [41, 9, 60, 2, 33, 70, 12]]
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_artifacts):
+    return Generator.from_artifacts(tiny_artifacts, threads=1)
+
+
+@pytest.mark.parametrize("strategy", ["standard", "alternate", "verify"])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_tokens_equal_reference(generator, tiny, strategy, prompt):
+    for max_new in (1, 2, 9, 30):
+        ours = generator.generate(prompt, Request(strategy, max_new_tokens=max_new, stop_token_ids=()))
+        ref = ReferenceDecoder(tiny).generate(prompt, strategy, max_new_tokens=max_new)
+        assert ours.tokens == ref.tokens
+        assert ours.finish_reason == ref.finish_reason
+        assert (ours.stats.base_calls, ours.stats.module_calls) == (ref.stats.base_calls, ref.stats.module_calls)
+        assert ours.stats.drafts_accepted == ref.stats.drafts_accepted
+
+
+def test_verify_equals_standard_and_accepts_some(tmp_path_factory):
+    """On a tiny vocabulary, random drafts are sometimes right: both verify paths run."""
+    from recycle_export.checkpoint import Checkpoint, save_checkpoint
+    from recycle_export.export import export
+    from tests.conftest import tiny_model
+
+    root = tmp_path_factory.mktemp("vocab8")
+    save_checkpoint(Checkpoint(tiny_model(seed=3, vocab_size=8), False), root / "ckpt")
+    export(root / "ckpt", root / "art")
+    gen = Generator.from_artifacts(root / "art", threads=1)
+    accepted = proposed = 0
+    for seed in range(6):
+        prompt = np.random.default_rng(seed).integers(0, 8, 4).tolist()
+        standard = gen.generate(prompt, Request("standard", max_new_tokens=24, stop_token_ids=()))
+        verify = gen.generate(prompt, Request("verify", max_new_tokens=24, stop_token_ids=()))
+        assert verify.tokens == standard.tokens
+        accepted += verify.stats.drafts_accepted
+        proposed += verify.stats.drafts_proposed
+    assert 0 < accepted < proposed
+
+
+def test_sampling_matches_reference_with_seed(generator, tiny):
+    sampling = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=11)
+    for strategy in ("standard", "alternate", "verify"):
+        ours = generator.generate([5, 17, 3], Request(strategy, sampling, 20, stop_token_ids=()))
+        ref = ReferenceDecoder(tiny).generate([5, 17, 3], strategy, sampling, 20)
+        assert ours.tokens == ref.tokens, strategy
+
+
+def test_batch_with_left_padding_equals_single(generator):
+    for strategy in ("standard", "alternate"):
+        request = Request(strategy, max_new_tokens=12, stop_token_ids=())
+        batch = generator.generate_batch(PROMPTS, request)
+        for prompt, result in zip(PROMPTS, batch):
+            assert result.tokens == generator.generate(prompt, request).tokens, strategy
+
+
+def test_batch_rows_finish_independently(generator):
+    request = Request("alternate", max_new_tokens=12, stop_token_ids=())
+    alone = generator.generate(PROMPTS[0], request).tokens
+    stop = alone[3]
+    results = generator.generate_batch(PROMPTS, Request("alternate", max_new_tokens=12, stop_token_ids=(stop,)))
+    assert results[0].finish_reason == "stop" and results[0].tokens == alone[:alone.index(stop)]
+
+
+def test_streaming_yields_the_result_tokens(generator):
+    stream = generator.stream([5, 17, 3], Request("verify", max_new_tokens=15, stop_token_ids=()))
+    assert list(stream) == stream.result().tokens
+    assert len(stream.result().tokens) == 15
+
+
+def test_stop_token_is_not_returned(generator):
+    free = generator.generate([5, 17, 3], Request("alternate", max_new_tokens=10, stop_token_ids=()))
+    stop = free.tokens[5]
+    stream = generator.stream([5, 17, 3], Request("alternate", max_new_tokens=10, stop_token_ids=(stop,)))
+    streamed = list(stream)
+    assert stream.result().finish_reason == "stop"
+    assert streamed == stream.result().tokens == free.tokens[:free.tokens.index(stop)]
+
+
+def test_kv_capacity_ends_with_length(generator):
+    # max_seq_len is 64: a 60-token prompt leaves room for 4 tokens in every strategy.
+    for strategy in ("standard", "alternate", "verify"):
+        result = generator.generate([7] * 60, Request(strategy, max_new_tokens=50, stop_token_ids=()))
+        assert result.finish_reason == "length" and len(result.tokens) == 4
+
+
+@pytest.mark.parametrize("prompt,request_,message", [
+    ([], Request(), "the prompt is empty"),
+    ([1] * 64, Request(), "maximum sequence length is 64"),
+    ([1, 96], Request(), r"token id 96 is outside the vocabulary \[0, 96\)"),
+    ([1], Request("fast"), "unknown strategy 'fast'"),
+    ([1], Request(max_new_tokens=0), "max_new_tokens must be >= 1"),
+    ([1], Request(stop_strings=("x",)), "stop strings need a tokenizer"),
+])
+def test_bad_requests(generator, prompt, request_, message):
+    with pytest.raises(GenerationError, match=message):
+        generator.generate(prompt, request_)
+
+
+def test_verify_refuses_a_batch(generator):
+    with pytest.raises(GenerationError, match="verify decodes one prompt at a time"):
+        generator.generate_batch([[1], [2]], Request("verify"))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(top_k=-2), "top_k must be >= 0"),
+])
+def test_invalid_sampling(kwargs, message):
+    with pytest.raises(SamplingError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_incompatible_artifacts(tiny_artifacts, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    (art / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(ArtifactError, match="version 99, but this runtime reads .* re-run `cli.py export`"):
+        Generator.from_artifacts(art)
+    (art / "manifest.json").write_text(json.dumps({**manifest, "kv": {**manifest["kv"], "contract": "fixed-kv-v9"}}))
+    with pytest.raises(ArtifactError, match="KV contract 'fixed-kv-v9'"):
+        Generator.from_artifacts(art)
+    # A graph swapped for another export's (hashes re-stamped, so only the contract check sees it).
+    from recycle_export.artifacts import hash_files
+
+    shutil.copy(art / "full_step.onnx", art / "recycle_step.onnx")
+    (art / "manifest.json").write_text(json.dumps({**manifest, "files": hash_files(art, skip=("manifest.json",))}))
+    with pytest.raises(ArtifactError, match="recycle_step: input 'hidden_states' is missing; re-run `cli.py export`"):
+        Generator.from_artifacts(art)
+    with pytest.raises(ArtifactError, match="has no manifest.json"):
+        Generator.from_artifacts(tmp_path)
+
+
+def test_two_threads_match_single_runs(generator):
+    jobs = [([5, 17, 3], "alternate"), ([41, 9, 60], "verify"), ([88], "standard"), ([2, 2], "alternate")]
+    alone = [generator.generate(p, Request(s, max_new_tokens=25, stop_token_ids=())).tokens for p, s in jobs]
+    results: dict[int, list[int]] = {}
+
+    def work(indices):
+        for _ in range(3):
+            for i in indices:
+                tokens = generator.generate(jobs[i][0], Request(jobs[i][1], max_new_tokens=25, stop_token_ids=())).tokens
+                assert results.setdefault(i, tokens) == tokens
+
+    threads = [threading.Thread(target=work, args=([0, 1],)), threading.Thread(target=work, args=([2, 3],))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(4)] == alone
+
+
+def test_runtime_never_imports_torch(tiny_artifacts):
+    code = ("import sys; from runtime.generator import Generator, Request; "
+            f"g = Generator.from_artifacts({str(tiny_artifacts)!r}); g.generate([1, 2], Request('verify', max_new_tokens=3)); "
+            "import runtime.bench, runtime.backends.onnxruntime, runtime.contract, runtime.kv; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
