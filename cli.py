@@ -36,11 +36,13 @@ def main(verbose: bool) -> None:
 @click.option("--gguf", "gguf_path", required=True, type=click.Path(dir_okay=False),
               help="A LLaMA-architecture GGUF file.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
-def import_gguf_cmd(gguf_path: str, out: str) -> None:
+@click.option("--recycler", "recycler_path", type=click.Path(dir_okay=False),
+              help="A trained recyclable module (safetensors) to attach instead of a fresh one.")
+def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None) -> None:
     """Convert a GGUF file into a checkpoint (weights dequantized to float32)."""
     from tqdm import tqdm
 
-    from recycle_export.checkpoint import save_checkpoint
+    from recycle_export.checkpoint import attach_recycler, save_checkpoint
     from recycle_export.gguf_import import import_gguf
 
     with tqdm(desc="dequantizing", unit="tensor", disable=None) as bar:
@@ -49,6 +51,8 @@ def import_gguf_cmd(gguf_path: str, out: str) -> None:
             bar.update(done - bar.n)
 
         ckpt = import_gguf(gguf_path, progress)
+    if recycler_path:
+        attach_recycler(ckpt, recycler_path)
     save_checkpoint(ckpt, out)
     cfg = ckpt.config
     click.echo(f"wrote {out}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, "
@@ -110,6 +114,54 @@ def inspect(artifacts) -> None:
     from recycle_export.inspect import describe
 
     click.echo(describe(artifacts))
+
+
+@main.command("train-recycler")
+@click.option("--model", "model_path", required=True, type=click.Path(), help="Checkpoint (with tokenizer and chat template).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint to write, trained module attached.")
+@click.option("--module-out", type=click.Path(dir_okay=False), help="Also write the module alone, float16 safetensors.")
+@click.option("--train-prompts", type=int, default=512, show_default=True)
+@click.option("--heldout-prompts", type=int, default=48, show_default=True)
+@click.option("--max-new-tokens", type=int, default=160, show_default=True, help="Answer length per prompt.")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--distill-weight", type=float, default=0.0, show_default=True,
+              help="Weight of KL(base || module) added to the cross-entropy.")
+@click.option("--joint", is_flag=True, help="Train the base too (L = L_lm + L_rec).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None)
+def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_prompts, max_new_tokens, epochs,
+                       batch_size, lr, distill_weight, joint, seed, threads) -> None:
+    """Train the recyclable module on the base's own answers (resumes an interrupted run)."""
+    from tqdm import tqdm
+
+    from recycle_export.checkpoint import load_checkpoint, save_recycler
+    from recycle_export.train import TrainOptions, train_recycler
+
+    options = TrainOptions(train_prompts, heldout_prompts, max_new_tokens, epochs, batch_size, lr,
+                           distill_weight, joint, seed, threads=threads)
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        key = stage.split(" (")[0]
+        bar = bars.get(key)
+        if bar is None:
+            bar = bars[key] = tqdm(total=total, desc=key, disable=None)
+        bar.set_postfix_str(stage[len(key):].strip(" ()"))
+        bar.update(done - bar.n)
+
+    report = train_recycler(model_path, out, options, progress)
+    for bar in bars.values():
+        bar.close()
+    before, after = report["heldout_before"], report["heldout_after"]
+    if before:
+        click.echo(f"held-out top-1 agreement before training: {before['top1_agreement']:.3f}")
+    click.echo(f"held-out top-1 agreement: {after['top1_agreement']:.3f} (cross-entropy {after['cross_entropy']:.3f}, "
+               f"{after['tokens']} answer tokens); took {report['seconds']['total']:.0f}s")
+    if module_out:
+        save_recycler(load_checkpoint(out).model, module_out)
+        click.echo(f"wrote {module_out}")
 
 
 @main.command()
@@ -226,6 +278,40 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, threa
     write_chart(figures, chart_path, f"{Path(artifacts).name} ({manifest['dtype']}, onnxruntime CPU, "
                                      f"{context['cores']} cores): {max_new_tokens} new tokens x {len(ids)} prompts")
     click.echo(f"wrote {json_path} and {chart_path}")
+
+
+@main.command("eval")
+@click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
+@click.option("--prompts", "count", type=int, default=32, show_default=True, help="Held-out prompts to use.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
+def eval_cmd(artifacts, count, max_new_tokens, threads, json_path) -> None:
+    """Module quality on held-out prompts: top-1 agreement, verify acceptance, alternate's NLL cost."""
+    import dataclasses
+    import json
+
+    from tqdm import tqdm
+
+    from runtime.errors import GenerationError
+    from runtime.evaluate import evaluate
+    from runtime.generator import Generator
+    from runtime.prompts import prompts
+
+    held_out = prompts("heldout")
+    if not 1 <= count <= len(held_out):
+        raise GenerationError(f"--prompts must be in 1..{len(held_out)}, got {count}")
+    generator = Generator.from_artifacts(artifacts, threads=threads)
+    ids = [generator.encode(text, chat=True) for text in held_out[:count]]
+    with tqdm(total=count, desc="eval", disable=None) as bar:
+        figures = evaluate(generator, ids, max_new_tokens, lambda done, total: bar.update(done - bar.n))
+    click.echo(f"held-out prompts: {figures.prompts} (topics never seen in training)")
+    click.echo(f"top-1 agreement with the base: {figures.top1_agreement:.3f} over {figures.agreement_tokens} tokens")
+    click.echo(f"verify acceptance (greedy): {figures.verify_acceptance:.3f}")
+    click.echo(f"NLL per token under the base: standard {figures.nll_standard:.4f}, alternate "
+               f"{figures.nll_alternate:.4f} ({figures.alternate_nll_increase:+.1%})")
+    if json_path:
+        Path(json_path).write_text(json.dumps(dataclasses.asdict(figures), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -221,6 +221,28 @@ def _load_ours(path: Path) -> Checkpoint:
     return Checkpoint(model, bool(trained), generation, tokenizer)
 
 
+def attach_recycler(ckpt: Checkpoint, file: Path) -> None:
+    """Load a trained recyclable module (a safetensors file of Recycler weights) into ckpt.
+
+    Raises:
+        CheckpointError: the file is missing or truncated, or does not fit this model.
+    """
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError(f"recyclable module {file} not found")
+    assign_tensors(ckpt.model.recycler, _read_tensors([file]), str(file))
+    ckpt.recycler_trained = True
+
+
+def save_recycler(model: RecycleGPT, file: Path, dtype: torch.dtype = torch.float16) -> None:
+    """Write the recyclable module alone (float16 by default: a few MB for a small model)."""
+    file = Path(file)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.tmp")
+    save_file({k: v.to(dtype).contiguous() for k, v in model.recycler.state_dict().items()}, tmp)
+    os.replace(tmp, file)
+
+
 def config_from_hf(hf: dict, source: str) -> ModelConfig:
     """Map a Hugging Face LlamaConfig dict onto ModelConfig, refusing what we do not model.
 

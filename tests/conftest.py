@@ -97,3 +97,27 @@ def smollm_artifacts(smollm_checkpoint, tmp_path_factory):
     export(smollm_checkpoint[0], out)
     logging.getLogger("tests").info("SmolLM2 export took %.1fs", time.perf_counter() - start)
     return out
+
+
+def char_tokenizer_json() -> str:
+    """A character-level tokenizer over printable ASCII plus an end token: 96 ids, the
+    tiny model's vocabulary."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
+    vocab = {chr(c): i for i, c in enumerate(range(32, 127))}
+    tokenizer = Tokenizer(models.BPE(vocab, [], fuse_unk=False))
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens([AddedToken("<|end|>", special=True)])
+    return tokenizer.to_str()
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_checkpoint(tmp_path_factory):
+    """A tiny model with a character tokenizer and a chat template (for training tests)."""
+    from recycle_export.checkpoint import Checkpoint, GenerationInfo, save_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny_chat") / "ckpt"
+    template = "{% for m in messages %}Q: {{ m['content'] }}\nA:{% endfor %}"
+    save_checkpoint(Checkpoint(tiny_model(seed=4), False, GenerationInfo(eos_token_ids=(95,), chat_template=template),
+                               char_tokenizer_json()), out)
+    return out

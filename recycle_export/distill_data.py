@@ -1,0 +1,88 @@
+"""Self-distillation data for the recyclable module: the base model's own answers.
+
+Nothing is downloaded: prompts come from runtime/prompts.py (templates x topics written for
+this project, with held-out topics), the answers are the base model's greedy generations,
+and the base's final-normed hidden states h_j come for free from the same decoding pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from recycle_export.model import RecycleGPT
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class Sequence:
+    tokens: torch.Tensor  # (T + 1,) prompt + answer
+    hidden: torch.Tensor  # (T, dim) float16: the base's h_j for every position but the last
+    prompt_len: int
+
+
+@torch.no_grad()
+def generate_sequences(model: RecycleGPT, prompt_ids: list[list[int]], max_new_tokens: int,
+                       stop_ids: tuple[int, ...], batch_size: int = 16,
+                       progress: Callable[[int], None] = lambda n: None) -> list[Sequence]:
+    """Greedy answers of the base for each prompt, with the hidden state of every position.
+    Prompts are left-padded per batch; a row stops at its first stop token (kept)."""
+    out = []
+    for first in range(0, len(prompt_ids), batch_size):
+        batch = prompt_ids[first:first + batch_size]
+        b, longest = len(batch), max(len(p) for p in batch)
+        pad = [longest - len(p) for p in batch]
+        ids = torch.tensor([[0] * n + p for n, p in zip(pad, batch)])  # (B, P)
+        mask = torch.tensor([[0] * n + [1] * len(p) for n, p in zip(pad, batch)])  # (B, P)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        step = model.base_step(ids, positions, mask, model.empty_kv(model.cfg.n_layers, b))
+        tokens, hidden = [ids], [step.hidden]
+        done = torch.zeros(b, dtype=torch.bool)
+        lengths = torch.full((b,), max_new_tokens)
+        for i in range(max_new_tokens):
+            nxt = step.logits[:, -1].argmax(-1)  # (B,)
+            tokens.append(nxt[:, None])
+            stopped = torch.tensor([int(t) in stop_ids for t in nxt]) & ~done
+            lengths[stopped] = i + 1
+            done |= stopped
+            if done.all() or i == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.long)], dim=1)
+            positions = positions[:, -1:] + 1
+            step = model.base_step(nxt[:, None], positions, mask, step.present)
+            hidden.append(step.hidden)
+        tokens_all = torch.cat(tokens, dim=1)  # (B, P + n)
+        hidden_all = torch.cat(hidden, dim=1)  # (B, P + n - 1, dim): the last token was not run
+        for row in range(b):
+            end = longest + int(lengths[row])
+            # The last token was never run through the base: it is a target, without an h.
+            out.append(Sequence(tokens_all[row, pad[row]:end].clone(),
+                                hidden_all[row, pad[row]:end - 1].half().clone(), len(batch[row])))
+        progress(len(out))
+    return out
+
+
+def save_sequences(sequences: list[Sequence], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for i, s in enumerate(sequences):
+        tensors[f"{i}.tokens"] = s.tokens.to(torch.int32)
+        tensors[f"{i}.hidden"] = s.hidden
+        tensors[f"{i}.prompt_len"] = torch.tensor([s.prompt_len], dtype=torch.int32)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, tmp)
+    tmp.replace(path)
+
+
+def load_sequences(path: Path) -> list[Sequence]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    count = len({k.split(".")[0] for k in tensors})
+    return [Sequence(tensors[f"{i}.tokens"].long(), tensors[f"{i}.hidden"], int(tensors[f"{i}.prompt_len"][0]))
+            for i in range(count)]

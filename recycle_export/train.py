@@ -1,0 +1,239 @@
+"""Training the recyclable module (DESIGN.md section 1), resumable, with a held-out evaluation.
+
+Frozen base (the default): the module learns, at every position j, to predict x_{j+1}
+from (h_{j-1}, x_j) by cross-entropy to the next token, optionally plus a distillation
+term KL(base || module) on the base's own logits at j. The data is self-distillation
+(recycle_export.distill_data): the base's greedy answers, whose hidden states are kept
+from the decoding pass, so training never runs the frozen base again.
+Joint training (--joint) also trains the base: L = L_lm + L_rec, with h recomputed.
+
+Work is kept in a sibling folder `<out>.work/`: data shards and the latest training state,
+so a rerun with the same options resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from recycle_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from recycle_export.distill_data import Sequence, generate_sequences, load_sequences, save_sequences
+from runtime.prompts import prompts
+from recycle_export.model import RecycleGPT
+from runtime.errors import CheckpointError, ConfigError
+from runtime.tokenizer import TextCodec
+
+log = logging.getLogger(__name__)
+
+SHARD = 64  # prompts per data shard: the unit of resumable data generation
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    train_prompts: int = 512
+    heldout_prompts: int = 48
+    max_new_tokens: int = 160
+    epochs: int = 3
+    batch_size: int = 8  # sequences per step
+    lr: float = 2e-3
+    distill_weight: float = 0.0
+    joint: bool = False
+    seed: int = 0
+    checkpoint_every: int = 25  # steps
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("train_prompts", "heldout_prompts", "max_new_tokens", "epochs", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.distill_weight < 0:
+            raise ConfigError("lr must be > 0 and distill_weight >= 0")
+
+
+def init_recycler_from_base(model: RecycleGPT) -> None:
+    """Start the module as "one more base layer": its decoder layers copy the base's last
+    layers, and the fusion passes h_{j-1} + embed(x_j) through (two identity blocks)."""
+    with torch.no_grad():
+        for layer, source in zip(model.recycler.layers, model.base.layers[-len(model.recycler.layers):]):
+            layer.load_state_dict(source.state_dict())
+        eye = torch.eye(model.cfg.dim)
+        model.recycler.fuse.weight.copy_(torch.cat([eye, eye], dim=1))  # (dim, 2 dim)
+        model.recycler.norm.weight.copy_(model.base.norm.weight)
+
+
+def _batch(seqs: list[Sequence], dim: int):
+    """Right-padded tensors for teacher forcing: inputs x_0..x_{T-1}, targets x_1..x_T."""
+    longest = max(len(s.hidden) for s in seqs)
+    b = len(seqs)
+    x = torch.zeros(b, longest, dtype=torch.long)
+    y = torch.full((b, longest), -100, dtype=torch.long)  # -100: ignored by cross_entropy
+    h = torch.zeros(b, longest, dim)
+    mask = torch.zeros(b, longest, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        t = len(s.hidden)
+        x[i, :t], y[i, :t], h[i, :t], mask[i, :t] = s.tokens[:t], s.tokens[1:t + 1], s.hidden.float(), 1
+    prev = torch.cat([torch.zeros(b, 1, dim), h[:, :-1]], dim=1)  # h_{j-1}, zero at j = 0
+    return x, y, h, prev, mask
+
+
+def recycler_loss(model: RecycleGPT, seqs: list[Sequence], distill_weight: float, joint: bool):
+    x, y, h, prev, mask = _batch(seqs, model.cfg.dim)
+    positions = torch.arange(x.shape[1]).expand_as(x)
+    lm_loss = torch.zeros(())
+    if joint:  # recompute h with gradients through the base
+        base = model.base_step(x, positions, mask, model.empty_kv(model.cfg.n_layers, len(seqs)), x.shape[1])
+        lm_loss = F.cross_entropy(base.logits.flatten(0, 1), y.flatten())
+        h = base.hidden
+        prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+    out = model.recycle_step(x, prev, positions, mask, model.empty_kv(model.cfg.recycle_layers, len(seqs)),
+                             x.shape[1])
+    logits = out.logits.flatten(0, 1)  # (B T, V)
+    loss = F.cross_entropy(logits, y.flatten())
+    if distill_weight:
+        valid = y.flatten() != -100
+        with torch.no_grad():
+            teacher = F.log_softmax(model.logits(h, h.shape[1]).flatten(0, 1)[valid], dim=-1)
+        student = F.log_softmax(logits[valid], dim=-1)
+        loss = loss + distill_weight * F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return loss + lm_loss, out.logits, y
+
+
+@torch.no_grad()
+def agreement(model: RecycleGPT, seqs: list[Sequence]) -> dict:
+    """Top-1 agreement of the module with the base's next token on answer positions, and
+    the module's cross-entropy there."""
+    agree = total = 0
+    nll = 0.0
+    for first in range(0, len(seqs), 8):
+        chunk = seqs[first:first + 8]
+        _, logits, y = recycler_loss(model, chunk, 0.0, False)
+        for i, s in enumerate(chunk):
+            answer = slice(s.prompt_len - 1, len(s.hidden))  # predictions of answer tokens
+            pred, target = logits[i, answer].argmax(-1), y[i, answer]
+            agree += int((pred == target).sum())
+            total += len(target)
+            nll += float(F.cross_entropy(logits[i, answer], target, reduction="sum"))
+    return {"top1_agreement": agree / total, "cross_entropy": nll / total, "tokens": total}
+
+
+class _Work:
+    """The resumable work folder beside the output checkpoint."""
+
+    def __init__(self, out: Path, options: TrainOptions):
+        self.dir = out.with_name(out.name + ".work")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fingerprint = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("threads", "checkpoint_every")}
+        marker = self.dir / "options.json"
+        if marker.is_file() and json.loads(marker.read_text()) != fingerprint:
+            raise CheckpointError(f"{self.dir} holds work for other options; delete it or use the same options")
+        marker.write_text(json.dumps(fingerprint, indent=2))
+
+    def shard(self, split: str, index: int) -> Path:
+        return self.dir / f"{split}-{index:03d}.safetensors"
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "state.pt"
+
+
+def _data(model, codec, stop_ids, split, count, options, work, progress) -> list[Sequence]:
+    texts = prompts(split, options.seed)
+    if count > len(texts):
+        raise ConfigError(f"{split} has {len(texts)} prompts, {count} asked")
+    texts = texts[:count]
+    seqs = []
+    for index, first in enumerate(range(0, count, SHARD)):
+        path = work.shard(split, index)
+        if not path.is_file():
+            ids = [codec.encode(t, chat=True) for t in texts[first:first + SHARD]]
+            part = generate_sequences(model, ids, options.max_new_tokens, stop_ids,
+                                      progress=lambda n: progress(f"generating {split} answers", first + n, count))
+            save_sequences(part, path)
+        seqs.extend(load_sequences(path))
+        progress(f"generating {split} answers", min(first + SHARD, count), count)
+    return seqs
+
+
+def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOptions(),
+                   progress: Callable[[str, int, int], None] = lambda stage, done, total: None) -> dict:
+    """Train the recyclable module of the checkpoint at `model_path`; write the result to
+    `out` (a checkpoint with recycler_trained true) and return the training report.
+
+    Raises:
+        CheckpointError, ConfigError: the checkpoint does not load, has no tokenizer or chat
+            template, or the work folder belongs to other options.
+    """
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    started = time.perf_counter()
+    ckpt = load_checkpoint(model_path)
+    if ckpt.tokenizer_json is None or not ckpt.generation.chat_template:
+        raise CheckpointError(f"{model_path} needs a tokenizer.json and a chat template for self-distillation")
+    codec = TextCodec.from_json(ckpt.tokenizer_json, ckpt.generation.chat_template, str(model_path))
+    model, work = ckpt.model, _Work(Path(out), options)
+    for p in model.base.parameters():
+        p.requires_grad_(options.joint)
+    torch.manual_seed(options.seed)
+    init_recycler_from_base(model)
+    train = _data(model, codec, ckpt.generation.eos_token_ids, "train", options.train_prompts, options, work, progress)
+    heldout = _data(model, codec, ckpt.generation.eos_token_ids, "heldout", options.heldout_prompts, options,
+                    work, progress)
+    data_seconds = time.perf_counter() - started
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(train) / options.batch_size)
+    total = steps_per_epoch * options.epochs
+    step = 0
+    if work.state.is_file():
+        state = torch.load(work.state, weights_only=True)
+        model.load_state_dict(state["model"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        log.info("resuming training at step %d of %d", step, total)
+    before = agreement(model, heldout) if step == 0 else None
+    model.train()
+    while step < total:
+        epoch, index = divmod(step, steps_per_epoch)
+        order = list(range(len(train)))
+        random.Random(options.seed + epoch).shuffle(order)
+        batch = [train[i] for i in order[index * options.batch_size:(index + 1) * options.batch_size]]
+        lr = options.lr * 0.5 * (1 + math.cos(math.pi * step / total))  # cosine to zero
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, _, _ = recycler_loss(model, batch, options.distill_weight, options.joint)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        progress(f"training (loss {loss.item():.3f})", step, total)
+        if step % options.checkpoint_every == 0 or step == total:
+            trainable = {k: v for k, v in model.state_dict().items() if options.joint or k.startswith("recycler.")}
+            tmp = work.state.with_suffix(".tmp")
+            torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step}, tmp)
+            tmp.replace(work.state)
+    model.eval()
+    after = agreement(model, heldout)
+    report = {
+        "options": dataclasses.asdict(options),
+        "data": {"source": "self-distillation: greedy answers of the base to template x topic prompts "
+                           "(recycle_export/distill_data.py)",
+                 "train_sequences": len(train), "train_tokens": sum(len(s.hidden) for s in train),
+                 "heldout_sequences": len(heldout)},
+        "heldout_before": before, "heldout_after": after,
+        "seconds": {"data": round(data_seconds, 1), "total": round(time.perf_counter() - started, 1)},
+    }
+    save_checkpoint(Checkpoint(model, True, ckpt.generation, ckpt.tokenizer_json), Path(out))
+    (Path(out) / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,63 @@
+"""train-recycler on a tiny model: learning, resuming, and its checks."""
+
+import json
+
+import pytest
+
+from recycle_export.checkpoint import load_checkpoint
+from recycle_export.train import TrainOptions, train_recycler
+from runtime.errors import CheckpointError, ConfigError
+
+OPTIONS = TrainOptions(train_prompts=24, heldout_prompts=8, max_new_tokens=16, epochs=3, batch_size=4,
+                       lr=3e-3, checkpoint_every=4, threads=2)
+
+
+def test_training_learns_and_writes_a_trained_checkpoint(tiny_chat_checkpoint, tmp_path):
+    report = train_recycler(tiny_chat_checkpoint, tmp_path / "out", OPTIONS)
+    before, after = report["heldout_before"], report["heldout_after"]
+    assert after["cross_entropy"] < before["cross_entropy"] - 0.2
+    assert after["top1_agreement"] > before["top1_agreement"]
+    loaded = load_checkpoint(tmp_path / "out")
+    assert loaded.recycler_trained
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["data"]["train_sequences"] == 24
+
+
+def test_interrupted_training_resumes(tiny_chat_checkpoint, tmp_path, monkeypatch, caplog):
+    import recycle_export.train as train
+
+    calls = {"n": 0}
+    real = train.recycler_loss
+
+    def stop_after_six(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 6 + 1:  # +1: the held-out evaluation before training
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "recycler_loss", stop_after_six)
+    with pytest.raises(KeyboardInterrupt):
+        train_recycler(tiny_chat_checkpoint, tmp_path / "out", OPTIONS)
+    assert not (tmp_path / "out").exists()  # nothing that looks finished
+    monkeypatch.undo()
+    with caplog.at_level("INFO", logger="recycle_export.train"):
+        resumed = train_recycler(tiny_chat_checkpoint, tmp_path / "out", OPTIONS)
+    assert "resuming training at step 4 of 18" in caplog.text  # the last state saved (every 4 steps)
+    fresh = train_recycler(tiny_chat_checkpoint, tmp_path / "again", OPTIONS)
+    assert resumed["heldout_after"]["top1_agreement"] == pytest.approx(fresh["heldout_after"]["top1_agreement"], abs=0.05)
+
+
+def test_work_folder_of_other_options_is_refused(tiny_chat_checkpoint, tmp_path):
+    (tmp_path / "out.work").mkdir()
+    (tmp_path / "out.work" / "options.json").write_text(json.dumps({"epochs": 99}))
+    with pytest.raises(CheckpointError, match="holds work for other options"):
+        train_recycler(tiny_chat_checkpoint, tmp_path / "out", OPTIONS)
+
+
+def test_needs_a_chat_template(tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="needs a tokenizer.json and a chat template"):
+        train_recycler(tiny_checkpoint, tmp_path / "out", OPTIONS)
+
+
+def test_invalid_options():
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        TrainOptions(epochs=0)
