@@ -116,6 +116,48 @@ def inspect(artifacts) -> None:
     click.echo(describe(artifacts))
 
 
+@main.command()
+@click.option("--artifacts", type=click.Path(file_okay=False), help="Export directory.")
+@click.option("--target", help="Build target (see --list-targets).")
+@click.option("--precision", default=None, help="Precision (default: the target's first).")
+@click.option("--list-targets", is_flag=True, help="Show the targets and what each needs, then exit.")
+@click.option("--max-batch", type=int, default=1, show_default=True, help="TensorRT: the largest batch profiled.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="TensorRT: timing cache file reused across builds (default: ~/.cache/recycle-export/).")
+def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -> None:
+    """Build an engine for a target: engines/<target>-<precision>/ under the artifacts."""
+    from engines.targets import describe_targets
+
+    if list_targets:
+        click.echo(describe_targets())
+        return
+    if not artifacts or not target:
+        raise click.UsageError("give --artifacts DIR and --target TARGET (or --list-targets)")
+    import time
+
+    from tqdm import tqdm
+
+    from engines.build import build as run_build
+    from engines.targets import TARGETS
+
+    options = {}
+    if TARGETS.get(target) is not None and TARGETS[target].backend == "tensorrt":
+        options = {"max_batch": max_batch, "timing_cache": timing_cache}
+    start = time.perf_counter()
+    with tqdm(total=3, desc="build", bar_format="{desc}: {n}/{total} {elapsed}", disable=None) as bar:
+        def progress(stage: str) -> None:
+            bar.set_description(stage)
+            bar.update(1)
+
+        data = run_build(artifacts, target, precision, progress, **options)
+    folder = Path(artifacts) / "engines" / f"{data['target']}-{data['precision']}"
+    click.echo(f"wrote {folder} ({data['backend']} {data['backend_version']}) in {time.perf_counter() - start:.1f}s")
+    for graph, figures in (data.get("accuracy") or {}).items():
+        if isinstance(figures, dict):
+            click.echo(f"  {graph}: max |logit diff| {figures['max_abs_logit_diff']:.3f}, "
+                       f"next-token agreement {figures['next_token_agreement']:.3f} vs the float graphs")
+
+
 @main.command("train-recycler")
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Checkpoint (with tokenizer and chat template).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint to write, trained module attached.")
@@ -178,9 +220,10 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", "stop_strings", multiple=True, help="Stop string (repeatable; runtime only).")
 @click.option("--stream", is_flag=True, help="Print text as it is generated (runtime only).")
+@click.option("--engine", default=None, help="An engine built under the artifacts (`cli.py build`), e.g. cpu-int4; default: the exported graphs on the CPU.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (runtime; default: all cores).")
 def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temperature, top_k, top_p,
-             seed, stop_strings, stream, threads) -> None:
+             seed, stop_strings, stream, engine, threads) -> None:
     """Generate text from a prompt with the runtime (--artifacts) or the reference (--model)."""
     from runtime.sampling import SamplingParams
 
@@ -192,7 +235,7 @@ def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temp
         return
     from runtime.generator import Generator, Request
 
-    generator = Generator.from_artifacts(artifacts, threads=threads)
+    generator = Generator.from_artifacts(artifacts, engine, threads)
     ids = generator.encode(prompt, chat=chat)
     run = generator.stream(ids, Request(strategy, sampling, max_new_tokens, stop_strings=tuple(stop_strings)))
     if stream:
@@ -240,10 +283,12 @@ def _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_to
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--repeats", type=int, default=5, show_default=True)
 @click.option("--warmup", type=int, default=1, show_default=True)
+@click.option("--engine", default=None, help="An engine built under the artifacts (`cli.py build`), e.g. cpu-int4; default: the exported graphs on the CPU.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench.json", show_default=True)
 @click.option("--chart", "chart_path", type=click.Path(dir_okay=False), default="bench.png", show_default=True)
-def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, threads, json_path, chart_path) -> None:
+def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engine, threads, json_path,
+          chart_path) -> None:
     """Run the strategies side by side (greedy, same prompts) and report decode speed."""
     import platform
 
@@ -261,7 +306,7 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, threa
         raise GenerationError(f"--repeats must be >= 1, got {repeats}")
     from runtime.generator import Generator
 
-    generator = Generator.from_artifacts(artifacts, threads=threads)
+    generator = Generator.from_artifacts(artifacts, engine, threads)
     ids = [generator.encode(p, chat=True) for p in (prompts or DEFAULT_PROMPTS)]
     with tqdm(total=(warmup + repeats) * len(names), desc="bench", disable=None) as bar:
         def progress(message: str) -> None:
@@ -271,11 +316,12 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, threa
         figures = run_bench(generator, ids, names, max_new_tokens, repeats, warmup, progress)
     click.echo(table(figures))
     manifest = generator.artifacts.manifest
-    context = {"artifacts": str(artifacts), "dtype": manifest["dtype"], "machine": platform.processor() or platform.machine(),
+    context = {"artifacts": str(artifacts), "engine": engine or "exported graphs (onnxruntime CPU)",
+               "dtype": manifest["dtype"], "machine": platform.processor() or platform.machine(),
                "cores": __import__("os").cpu_count(), "threads": threads, "prompts": len(ids),
                "max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup}
     write_json(figures, json_path, context)
-    write_chart(figures, chart_path, f"{Path(artifacts).name} ({manifest['dtype']}, onnxruntime CPU, "
+    write_chart(figures, chart_path, f"{Path(artifacts).name} ({engine or manifest['dtype'] + ' graphs'}, "
                                      f"{context['cores']} cores): {max_new_tokens} new tokens x {len(ids)} prompts")
     click.echo(f"wrote {json_path} and {chart_path}")
 
@@ -284,9 +330,10 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, threa
 @click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
 @click.option("--prompts", "count", type=int, default=32, show_default=True, help="Held-out prompts to use.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--engine", default=None, help="An engine built under the artifacts (`cli.py build`), e.g. cpu-int4; default: the exported graphs on the CPU.")
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
-def eval_cmd(artifacts, count, max_new_tokens, threads, json_path) -> None:
+def eval_cmd(artifacts, count, max_new_tokens, engine, threads, json_path) -> None:
     """Module quality on held-out prompts: top-1 agreement, verify acceptance, alternate's NLL cost."""
     import dataclasses
     import json
@@ -301,7 +348,7 @@ def eval_cmd(artifacts, count, max_new_tokens, threads, json_path) -> None:
     held_out = prompts("heldout")
     if not 1 <= count <= len(held_out):
         raise GenerationError(f"--prompts must be in 1..{len(held_out)}, got {count}")
-    generator = Generator.from_artifacts(artifacts, threads=threads)
+    generator = Generator.from_artifacts(artifacts, engine, threads)
     ids = [generator.encode(text, chat=True) for text in held_out[:count]]
     with tqdm(total=count, desc="eval", disable=None) as bar:
         figures = evaluate(generator, ids, max_new_tokens, lambda done, total: bar.update(done - bar.n))

@@ -40,3 +40,12 @@ class ArtifactError(RecycleExportError):
 
 class ValidationError(RecycleExportError):
     """Raised when an exported graph disagrees with the PyTorch model beyond tolerance."""
+
+
+class TargetError(RecycleExportError):
+    """Raised for an unknown build target or a precision its part does not support."""
+
+
+class EngineBuildError(RecycleExportError):
+    """Raised when an engine build fails: a missing library or device, a parser or builder
+    error (reported in full), or a graph the chosen precision cannot use."""

@@ -36,23 +36,24 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def _teacher_forced(gen: Generator, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Base and module logits at every position of `tokens`: two (T, V) arrays."""
-    dims, n = gen.dims, len(tokens)
+def teacher_forced(backend, dims: C.Dims, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Base and module logits at every position of `tokens`: two (T, V) arrays, the module
+    fed the base's h_{j-1} as in decoding."""
+    n = len(tokens)
     pool = KVPool(dims, 1, n)
     ids = np.array([tokens], dtype=np.int64)
     common = {C.INPUT_IDS: ids, C.POSITION_IDS: np.arange(n)[None], C.ATTENTION_MASK: np.ones((1, n), np.int64),
               C.NUM_LOGITS_INPUT: np.array([n], dtype=np.int64)}
-    base = gen.backend.run(C.FULL_STEP, {**common, **pool.feeds(BASE)})
+    base = backend.run(C.FULL_STEP, {**common, **pool.feeds(BASE)})
     hidden = base[C.HIDDEN_STATES]  # (1, T, dim)
     prev = np.concatenate([np.zeros_like(hidden[:, :1]), hidden[:, :-1]], axis=1)  # h_{j-1}
-    module = gen.backend.run(C.RECYCLE_STEP, {**common, C.HIDDEN_STATES: prev, **pool.feeds(MODULE)})
+    module = backend.run(C.RECYCLE_STEP, {**common, C.HIDDEN_STATES: prev, **pool.feeds(MODULE)})
     return base[C.LOGITS][0], module[C.LOGITS][0]
 
 
 def nll_per_token(gen: Generator, prompt: list[int], answer: list[int]) -> tuple[float, int]:
     """Summed NLL of `answer` after `prompt` under the base, and the token count."""
-    base_logits, _ = _teacher_forced(gen, prompt + answer)
+    base_logits, _ = teacher_forced(gen.backend, gen.dims, prompt + answer)
     logp = _log_softmax(base_logits[len(prompt) - 1:-1])  # predictions of the answer tokens
     return float(-logp[np.arange(len(answer)), answer].sum()), len(answer)
 
@@ -71,7 +72,7 @@ def evaluate(gen: Generator, prompts: list[list[int]], max_new_tokens: int = 64,
             proposed += result.stats.drafts_proposed
             accepted += result.stats.drafts_accepted
         # Agreement on the base's own answer: the module at j against the base at j.
-        base_logits, module_logits = _teacher_forced(gen, prompt + answers["standard"])
+        base_logits, module_logits = teacher_forced(gen.backend, gen.dims, prompt + answers["standard"])
         span = slice(len(prompt) - 1, len(prompt) + len(answers["standard"]) - 1)
         agree += int((base_logits[span].argmax(-1) == module_logits[span].argmax(-1)).sum())
         agree_total += span.stop - span.start

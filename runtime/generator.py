@@ -126,18 +126,22 @@ class Generator:
         self.capacity = artifacts.max_seq_len
 
     @classmethod
-    def from_artifacts(cls, folder, backend: str = "onnxruntime", check_hashes: bool = True,
-                       **backend_options) -> "Generator":
-        """Load an export folder with the named backend.
+    def from_artifacts(cls, folder, engine: str | None = None, threads: int | None = None,
+                       check_hashes: bool = True) -> "Generator":
+        """Load an export folder; `engine` names a build under it (`cli.py build`), by
+        default the exported graphs run under ONNX Runtime on the CPU.
 
         Raises:
-            ArtifactError: the folder is incomplete, changed, or incompatible.
+            ArtifactError: the folder or engine is incomplete, changed, or incompatible.
+            EngineBuildError: the engine's backend or device is missing here.
         """
         from runtime.backends import load_backend
+        from runtime.engines import EngineInfo
 
         artifacts = Artifacts.load(folder, check_hashes)
+        info = EngineInfo.load(artifacts, engine, check_hashes) if engine else None
         codec = artifacts.codec() if artifacts.manifest.get("tokenizer") else None
-        return cls(load_backend(artifacts, backend, **backend_options), artifacts, codec)
+        return cls(load_backend(artifacts, info, threads), artifacts, codec)
 
     # Public API.
 

@@ -44,14 +44,24 @@ def check_against_contract(graph: str, declared: tuple[list[C.TensorSpec], list[
             raise ArtifactError(f"{graph}: unexpected {kind} {next(iter(got_by_name))!r}; {rebuild}")
 
 
-def load_backend(artifacts, name: str = "onnxruntime", **options) -> Backend:
-    """Open `artifacts` with the named backend ("onnxruntime" is the default).
+def load_backend(artifacts, engine=None, threads: int | None = None) -> Backend:
+    """Open `artifacts` with the backend its engine names: the exported graphs under ONNX
+    Runtime on the CPU when `engine` (a runtime.engines.EngineInfo) is None.
 
     Raises:
-        ArtifactError: unknown backend name, or the engine does not match the contract.
+        ArtifactError: the engine does not match the contract, its device or library version.
+        EngineBuildError: the engine's backend library or device is missing here.
     """
-    if name == "onnxruntime":
-        from runtime.backends.onnxruntime import OrtBackend
+    from runtime.backends.onnxruntime import OrtBackend
 
-        return OrtBackend(artifacts, **options)
-    raise ArtifactError(f"unknown backend {name!r}; available: onnxruntime")
+    if engine is None:
+        return OrtBackend(artifacts, threads=threads)
+    if engine.backend == "onnxruntime":
+        session = engine.data["session"]
+        return OrtBackend(artifacts, providers=tuple(session["providers"]), threads=threads,
+                          model_paths=engine.graph_paths(), provider_options=session["provider_options"])
+    if engine.backend == "tensorrt":
+        from runtime.backends.tensorrt import TrtBackend
+
+        return TrtBackend(artifacts, engine)
+    raise ArtifactError(f"{engine.folder}: unknown backend {engine.backend!r}; re-run `cli.py build`")

@@ -25,10 +25,12 @@ class OrtBackend:
     threads: intra-op threads per session (default: the machine's cores, as ORT does).
     model_paths: graph name -> ONNX file, to run an optimized or quantized build instead
     of the exported graphs (their I/O is still checked against the contract).
+    provider_options: per execution provider, its options (as an engine.json records them).
     """
 
     def __init__(self, artifacts: Artifacts, providers: tuple[str, ...] = ("CPUExecutionProvider",),
-                 threads: int | None = None, model_paths: dict | None = None):
+                 threads: int | None = None, model_paths: dict | None = None,
+                 provider_options: dict[str, dict] | None = None):
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
@@ -47,7 +49,9 @@ class OrtBackend:
         for name, spec in C.graphs(artifacts.dims).items():
             path = (model_paths or {}).get(name) or artifacts.graph_path(name)
             try:
-                session = ort.InferenceSession(str(path), options, providers=list(providers))
+                session = ort.InferenceSession(
+                    str(path), options, providers=list(providers),
+                    provider_options=[(provider_options or {}).get(p, {}) for p in providers])
             except (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
                     ort_errors.NoSuchFile, ort_errors.NotImplemented) as exc:
                 raise ArtifactError(f"onnxruntime cannot load {path}: {exc}; re-run `cli.py export`") from None

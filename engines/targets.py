@@ -1,0 +1,78 @@
+"""Build targets: ONNX Runtime builds for CPUs (and GPUs through onnxruntime-gpu) and
+TensorRT presets per GPU family. Standard library only, so `build --list-targets` needs
+nothing installed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.errors import TargetError
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str  # "onnxruntime" or "tensorrt"
+    description: str
+    precisions: tuple[str, ...]  # the first is the default
+    needs: str
+    compute_capabilities: tuple[tuple[int, int], ...] = ()  # TensorRT: the parts a preset covers
+    providers: tuple[str, ...] = ()  # onnxruntime: execution providers, in order
+
+    @property
+    def default_precision(self) -> str:
+        return self.precisions[0]
+
+    def engine_name(self, precision: str) -> str:
+        return f"{self.name}-{precision}"
+
+
+# int8/fp8 on TensorRT need an explicitly quantized (Q/DQ) graph; the presets list them
+# only for the parts whose tensor cores run them (fp8: Ada sm89 and Hopper sm90).
+TARGETS = {t.name: t for t in (
+    Target("cpu", "onnxruntime", "any CPU: optimized float graphs, or weight-quantized int8 (dynamic) "
+           "and int4 (4-bit blocks of 32, MatMulNBits)", ("fp32", "int8", "int4"),
+           "onnxruntime", providers=("CPUExecutionProvider",)),
+    Target("ort-cuda", "onnxruntime", "NVIDIA GPU through onnxruntime-gpu's CUDA execution provider",
+           ("as-exported",), "onnxruntime-gpu, CUDA 12, an NVIDIA GPU",
+           providers=("CUDAExecutionProvider", "CPUExecutionProvider")),
+    Target("ort-tensorrt", "onnxruntime", "NVIDIA GPU through onnxruntime-gpu's TensorRT execution "
+           "provider (engine cache in the engine folder)", ("fp16", "fp32"),
+           "onnxruntime-gpu with TensorRT 10, an NVIDIA GPU",
+           providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")),
+    Target("t4", "tensorrt", "NVIDIA T4 (Turing, sm75)", ("fp16", "fp32", "int8"),
+           "tensorrt>=10, cuda-python, a T4", compute_capabilities=((7, 5),)),
+    Target("orin", "tensorrt", "NVIDIA Jetson Orin (Ampere iGPU, sm87)", ("fp16", "fp32", "int8"),
+           "JetPack 6 (TensorRT 10), cuda-python, a Jetson Orin", compute_capabilities=((8, 7),)),
+    Target("ampere", "tensorrt", "NVIDIA Ampere datacenter/workstation (A100 sm80, A10/A40/RTX 30 sm86)",
+           ("fp16", "fp32", "bf16", "int8"), "tensorrt>=10, cuda-python, an Ampere GPU",
+           compute_capabilities=((8, 0), (8, 6))),
+    Target("ada", "tensorrt", "NVIDIA Ada (L4, L40S, RTX 40, sm89)", ("fp16", "fp32", "bf16", "int8", "fp8"),
+           "tensorrt>=10, cuda-python, an Ada GPU", compute_capabilities=((8, 9),)),
+    Target("hopper", "tensorrt", "NVIDIA Hopper (H100, H200, sm90)", ("fp16", "fp32", "bf16", "int8", "fp8"),
+           "tensorrt>=10, cuda-python, a Hopper GPU", compute_capabilities=((9, 0),)),
+)}
+
+
+def get_target(name: str, precision: str | None) -> tuple[Target, str]:
+    """The target and the precision to build at (the target's default when None).
+
+    Raises:
+        TargetError: unknown target, or a precision the target does not support.
+    """
+    target = TARGETS.get(name)
+    if target is None:
+        raise TargetError(f"unknown target {name!r}; `cli.py build --list-targets` shows them: "
+                          + ", ".join(TARGETS))
+    precision = precision or target.default_precision
+    if precision not in target.precisions:
+        raise TargetError(f"target {name!r} ({target.description}) does not support precision "
+                          f"{precision!r}; supported: {', '.join(target.precisions)}")
+    return target, precision
+
+
+def describe_targets() -> str:
+    rows = [("target", "backend", "precisions (default first)", "needs", "what")]
+    rows += [(t.name, t.backend, ", ".join(t.precisions), t.needs, t.description) for t in TARGETS.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
