@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime import contract as C
 from runtime.generator import Generator, Request
-from runtime.kv import BASE, MODULE, KVPool
+from runtime.kv import BASE, MODULE
 
 
 @dataclass
@@ -40,14 +40,15 @@ def teacher_forced(backend, dims: C.Dims, tokens: list[int]) -> tuple[np.ndarray
     """Base and module logits at every position of `tokens`: two (T, V) arrays, the module
     fed the base's h_{j-1} as in decoding."""
     n = len(tokens)
-    pool = KVPool(dims, 1, n)
+    pool = backend.new_kv_pool(dims, 1, n)
     ids = np.array([tokens], dtype=np.int64)
     common = {C.INPUT_IDS: ids, C.POSITION_IDS: np.arange(n)[None], C.ATTENTION_MASK: np.ones((1, n), np.int64),
               C.NUM_LOGITS_INPUT: np.array([n], dtype=np.int64)}
-    base = backend.run(C.FULL_STEP, {**common, **pool.feeds(BASE)})
+    base = backend.run(C.FULL_STEP, {**common, **pool.feeds(BASE)}, pool.output_buffers(BASE))
     hidden = base[C.HIDDEN_STATES]  # (1, T, dim)
     prev = np.concatenate([np.zeros_like(hidden[:, :1]), hidden[:, :-1]], axis=1)  # h_{j-1}
-    module = backend.run(C.RECYCLE_STEP, {**common, C.HIDDEN_STATES: prev, **pool.feeds(MODULE)})
+    module = backend.run(C.RECYCLE_STEP, {**common, C.HIDDEN_STATES: prev, **pool.feeds(MODULE)},
+                         pool.output_buffers(MODULE))
     return base[C.LOGITS][0], module[C.LOGITS][0]
 
 

@@ -73,7 +73,7 @@ class _State:
     mask: np.ndarray  # (B, capacity) int64: 0 on left padding, 1 from each row's first token on
     pad: np.ndarray  # (B,) left padding per row
     hidden: np.ndarray  # (B, capacity, dim): the base's h_j per cache position
-    pool: KVPool
+    pool: KVPool  # or a backend's device pool with the same interface
     request: Request
     stop_ids: frozenset[int]
     rng: np.random.Generator
@@ -190,7 +190,7 @@ class Generator:
         stop_ids = request.stop_token_ids
         state = _State(
             tokens, mask, pad, np.zeros((batch, self.capacity, self.dims.dim), dtype=self.dims.dtype),
-            KVPool(self.dims, batch, self.capacity), request,
+            self.backend.new_kv_pool(self.dims, batch, self.capacity), request,
             frozenset(self.artifacts.eos_token_ids if stop_ids is None else stop_ids),
             np.random.default_rng(request.sampling.seed), longest, longest, [None] * batch, [0] * batch)
         state.stats.prompt_tokens = sum(len(p) for p in prompts)
@@ -283,7 +283,7 @@ class Generator:
         out = self.backend.run(C.FULL_STEP, {
             C.INPUT_IDS: np.ascontiguousarray(ids), C.POSITION_IDS: self._positions(s, start, end),
             C.ATTENTION_MASK: s.mask[:, :end], C.NUM_LOGITS_INPUT: np.array([num_logits], dtype=np.int64),
-            **s.pool.feeds(BASE)})
+            **s.pool.feeds(BASE)}, s.pool.output_buffers(BASE))
         s.pool.commit(BASE, out, ids.shape[1])
         s.hidden[:, start:end] = out[C.HIDDEN_STATES]
         s.stats.base_calls += 1
@@ -299,7 +299,7 @@ class Generator:
         out = self.backend.run(C.RECYCLE_STEP, {
             C.INPUT_IDS: s.tokens[:, start:end], C.HIDDEN_STATES: prev,
             C.POSITION_IDS: self._positions(s, start, end), C.ATTENTION_MASK: s.mask[:, :end],
-            C.NUM_LOGITS_INPUT: np.array([1], dtype=np.int64), **s.pool.feeds(MODULE)})
+            C.NUM_LOGITS_INPUT: np.array([1], dtype=np.int64), **s.pool.feeds(MODULE)}, s.pool.output_buffers(MODULE))
         s.pool.commit(MODULE, out, end - start)
         s.stats.module_calls += 1
         return out[C.LOGITS][:, -1]

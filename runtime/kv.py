@@ -29,6 +29,10 @@ class KVPool:
         """The past_key_values.* inputs of the graph that owns `cache`."""
         return {name(i): self.past[name(i)] for i in self.layers[cache] for name in (C.past_key, C.past_value)}
 
+    def output_buffers(self, cache: str) -> dict:
+        """Where present.* should be written: nowhere in particular, the backend allocates."""
+        return {}
+
     def commit(self, cache: str, outputs: dict[str, np.ndarray], new: int) -> None:
         """Take the graph's present.* outputs as the cache, `new` positions longer."""
         length = self.lengths[cache] + new

@@ -16,8 +16,13 @@ class Backend(Protocol):
     def graph_io(self, graph: str) -> tuple[list[C.TensorSpec], list[C.TensorSpec]]:
         """The inputs and outputs of `graph` as the engine declares them."""
 
-    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one step of `graph` ("full_step" or "recycle_step"); outputs by name."""
+    def new_kv_pool(self, dims: C.Dims, batch: int, capacity: int):
+        """A KV pool (runtime.kv.KVPool's interface) in the memory this backend runs from."""
+
+    def run(self, graph: str, feeds: dict, kv_outputs: dict | None = None) -> dict:
+        """Run one step of `graph` ("full_step" or "recycle_step"); outputs by name.
+        kv_outputs (from the pool's output_buffers) says where present.* should be written,
+        for backends that keep the KV cache in device memory."""
 
 
 def check_against_contract(graph: str, declared: tuple[list[C.TensorSpec], list[C.TensorSpec]],

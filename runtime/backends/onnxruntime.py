@@ -11,6 +11,7 @@ from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.backends import check_against_contract
 from runtime.errors import ArtifactError
+from runtime.kv import KVPool
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ class OrtBackend:
         session = self.sessions[graph]
         return specs(session.get_inputs()), specs(session.get_outputs())
 
-    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def new_kv_pool(self, dims: C.Dims, batch: int, capacity: int) -> KVPool:
+        return KVPool(dims, batch, capacity)
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray], kv_outputs: dict | None = None) -> dict[str, np.ndarray]:
+        """One step; outputs are allocated by ONNX Runtime (kv_outputs is not used)."""
         names = self._output_names[graph]
         return dict(zip(names, self.sessions[graph].run(names, feeds)))

@@ -1,0 +1,255 @@
+"""TensorRT backend: both plans on one CUDA stream, the KV pool resident on the device.
+
+Every KV layer owns two device buffers of full capacity ([batch, kv_heads, max_seq_len + 4,
+head_dim]). A step reads `past` from one and the engine writes `present` (past + new,
+contiguous) into the other; committing swaps the two, so no KV byte crosses the PCIe bus
+and nothing is copied between steps. Only token ids, positions and masks go up, and
+logits and hidden states come down. tensorrt and cuda-python are imported lazily.
+
+Written against TensorRT 10; not run in this repository's CI (no GPU there):
+benchmarks/tensorrt_gpu.py checks it against the ONNX Runtime CPU run on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime import contract as C
+from runtime.artifacts import Artifacts
+from runtime.backends import check_against_contract
+from runtime.cuda import check, cudart, device_properties
+from runtime.engines import EngineInfo
+from runtime.errors import ArtifactError, EngineBuildError
+from runtime.kv import BASE, MODULE
+
+log = logging.getLogger(__name__)
+
+_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+DECODE_MAX_NEW = 4  # as engines/profiles.py: profile 0 takes up to 4 new tokens, profile 1 prefills
+
+
+def import_tensorrt():
+    """Raises: EngineBuildError when TensorRT is not installed or older than 10."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise EngineBuildError("TensorRT is not installed: pip install 'recycle-export[tensorrt]' "
+                               "on a machine with an NVIDIA GPU (JetPack 6 on a Jetson)") from None
+    if int(trt.__version__.split(".")[0]) < 10:
+        raise EngineBuildError(f"TensorRT {trt.__version__} found; the builder needs TensorRT 10 or newer")
+    return trt
+
+
+def make_logger(trt):
+    class _Logger(trt.ILogger):
+        """Keeps error messages so that a failed build reports them all."""
+
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity <= trt.ILogger.Severity.ERROR:
+                self.errors.append(msg)
+                log.error("TensorRT: %s", msg)
+            elif severity <= trt.ILogger.Severity.WARNING:
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return _Logger()
+
+
+@dataclass
+class DeviceTensor:
+    """A contiguous tensor in device memory (the KV pool hands these to the backend)."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class DeviceKVPool:
+    """KVPool's interface over device buffers, swapped rather than copied between steps."""
+
+    def __init__(self, dims: C.Dims, batch: int, capacity: int):
+        self.rt = cudart()
+        self.dims, self.batch, self.capacity = dims, batch, capacity
+        self.layers = {BASE: range(dims.n_layers), MODULE: range(dims.n_layers, dims.n_layers + dims.recycle_layers)}
+        self.lengths = {BASE: 0, MODULE: 0}
+        self.itemsize = np.dtype(_NP[dims.dtype]).itemsize
+        slots = capacity + DECODE_MAX_NEW  # a verify step may briefly hold a draft past capacity
+        self.buffer_bytes = batch * dims.n_kv_heads * slots * dims.head_dim * self.itemsize
+        self.current: dict[str, int] = {}  # past tensor name -> device pointer holding the cache
+        self.spare: dict[str, int] = {}  # past tensor name -> the buffer the next present goes to
+        for layers in self.layers.values():
+            for i in layers:
+                for name in (C.past_key(i), C.past_value(i)):
+                    self.current[name] = check(self.rt.cudaMalloc(self.buffer_bytes), "cudaMalloc")
+                    self.spare[name] = check(self.rt.cudaMalloc(self.buffer_bytes), "cudaMalloc")
+
+    def close(self) -> None:
+        for ptr in (*self.current.values(), *self.spare.values()):
+            self.rt.cudaFree(ptr)
+        self.current, self.spare = {}, {}
+
+    def __del__(self):
+        if getattr(self, "current", None):
+            self.close()
+
+    def _shape(self, length: int) -> tuple[int, ...]:
+        return (self.batch, self.dims.n_kv_heads, length, self.dims.head_dim)
+
+    def feeds(self, cache: str) -> dict[str, DeviceTensor]:
+        shape = self._shape(self.lengths[cache])
+        return {name(i): DeviceTensor(self.current[name(i)], shape, self.dims.dtype)
+                for i in self.layers[cache] for name in (C.past_key, C.past_value)}
+
+    def output_buffers(self, cache: str) -> dict[str, int]:
+        """present.* output name -> the device buffer the engine writes it into."""
+        return {present(i): self.spare[past(i)] for i in self.layers[cache]
+                for past, present in ((C.past_key, C.present_key), (C.past_value, C.present_value))}
+
+    def commit(self, cache: str, outputs: dict, new: int) -> None:
+        self.lengths[cache] += new
+        assert self.lengths[cache] <= self.capacity + DECODE_MAX_NEW
+        for i in self.layers[cache]:
+            for name in (C.past_key(i), C.past_value(i)):
+                self.current[name], self.spare[name] = self.spare[name], self.current[name]
+
+    def rollback(self, cache: str, n: int) -> None:
+        """Drop the last n positions: re-pitch every [B*H] row into the spare buffer."""
+        old, new = self.lengths[cache], self.lengths[cache] - n
+        row = self.dims.head_dim * self.itemsize
+        for i in self.layers[cache]:
+            for name in (C.past_key(i), C.past_value(i)):
+                check(self.rt.cudaMemcpy2D(self.spare[name], new * row, self.current[name], old * row, new * row,
+                                           self.batch * self.dims.n_kv_heads,
+                                           self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice), "cudaMemcpy2D")
+                self.current[name], self.spare[name] = self.spare[name], self.current[name]
+        self.lengths[cache] = new
+
+
+def check_plan_compatibility(engine: EngineInfo, trt_version: str, device: dict, rebuild: str) -> None:
+    """Refuse plans built by another TensorRT version or for another GPU.
+
+    Raises:
+        ArtifactError: naming what the plan was built with and what is here.
+    """
+    if engine.data["backend_version"] != trt_version:
+        raise ArtifactError(f"{engine.folder} was built with TensorRT {engine.data['backend_version']}, this is "
+                            f"TensorRT {trt_version}: plans do not move between versions; {rebuild}")
+    built = engine.data["device"]
+    if list(device["compute_capability"]) != list(built["compute_capability"]):
+        raise ArtifactError(f"{engine.folder} was built for {built['name']} (compute capability "
+                            f"{tuple(built['compute_capability'])}), this GPU is {device['name']} "
+                            f"({tuple(device['compute_capability'])}); {rebuild} on this device")
+
+
+class TrtBackend:
+    """full_step.plan and recycle_step.plan of one engine folder on GPU 0."""
+
+    def __init__(self, artifacts: Artifacts, engine: EngineInfo, device: int = 0):
+        trt = import_tensorrt()
+        self.trt, self.rt = trt, cudart()
+        rebuild = f"re-run `cli.py build --artifacts {artifacts.folder} --target {engine.data['target']}`"
+        check_plan_compatibility(engine, trt.__version__, device_properties(device), rebuild)
+        self.logger = make_logger(trt)
+        self.runtime = trt.Runtime(self.logger)
+        self.stream = check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+        self.engines, self.contexts = {}, {}
+        for name, path in engine.graph_paths().items():
+            plan = self.runtime.deserialize_cuda_engine(path.read_bytes())
+            if plan is None:
+                raise ArtifactError(f"TensorRT cannot load {path}: {'; '.join(self.logger.errors)}; {rebuild}")
+            context = plan.create_execution_context()
+            if context is None:
+                raise EngineBuildError(f"TensorRT cannot create an execution context for {path}")
+            self.engines[name], self.contexts[name] = plan, context
+            check_against_contract(name, self.graph_io(name), C.graphs(artifacts.dims)[name], rebuild)
+        self.scratch: dict[tuple[str, str], tuple[int, int]] = {}  # (graph, tensor) -> (ptr, bytes)
+        self._lock = threading.Lock()  # one execution context per graph
+
+    def new_kv_pool(self, dims: C.Dims, batch: int, capacity: int) -> DeviceKVPool:
+        return DeviceKVPool(dims, batch, capacity)
+
+    def graph_io(self, graph: str):
+        trt, plan = self.trt, self.engines[graph]
+        names = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16", trt.DataType.INT64: "int64",
+                 trt.DataType.INT32: "int32"}
+        inputs, outputs = [], []
+        for i in range(plan.num_io_tensors):
+            name = plan.get_tensor_name(i)
+            shape = tuple(d if d >= 0 else f"dynamic{j}" for j, d in enumerate(plan.get_tensor_shape(name)))
+            spec = C.TensorSpec(name, names.get(plan.get_tensor_dtype(name), str(plan.get_tensor_dtype(name))), shape)
+            (inputs if plan.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
+        return inputs, outputs
+
+    def _scratch(self, graph: str, name: str, nbytes: int) -> int:
+        ptr, size = self.scratch.get((graph, name), (0, 0))
+        if size < nbytes:
+            if ptr:
+                self.rt.cudaFree(ptr)
+            ptr, size = check(self.rt.cudaMalloc(max(nbytes, 1)), "cudaMalloc"), max(nbytes, 1)
+            self.scratch[(graph, name)] = (ptr, size)
+        return ptr
+
+    def run(self, graph: str, feeds: dict, kv_outputs: dict[str, int] | None = None) -> dict:
+        """One step. DeviceTensor feeds are bound in place; numpy feeds are uploaded.
+        present.* outputs go to `kv_outputs` buffers (from the pool) and come back as
+        DeviceTensors; logits and hidden states come back as numpy arrays."""
+        with self._lock:
+            return self._run(graph, feeds, kv_outputs or {})
+
+    def _run(self, graph: str, feeds: dict, kv_outputs: dict[str, int]) -> dict:
+        rt, trt, plan, ctx = self.rt, self.trt, self.engines[graph], self.contexts[graph]
+        new = feeds[C.INPUT_IDS].shape[1]
+        if not ctx.set_optimization_profile_async(0 if new <= DECODE_MAX_NEW else 1, self.stream):
+            raise EngineBuildError(f"{graph}: cannot select the optimization profile for {new} new tokens")
+        keep_alive = []
+        for name, value in feeds.items():
+            if not ctx.set_input_shape(name, value.shape):
+                raise ArtifactError(f"{graph}: input {name!r} shape {tuple(value.shape)} is outside the engine's "
+                                    "profiles; rebuild with a larger --max-batch or max_seq_len")
+            if isinstance(value, DeviceTensor):
+                ptr = value.ptr
+            elif plan.is_shape_inference_io(name):  # num_logits: read on the host
+                value = np.ascontiguousarray(value)
+                keep_alive.append(value)
+                ptr = value.ctypes.data
+            else:
+                value = np.ascontiguousarray(value)
+                ptr = self._scratch(graph, name, value.nbytes)
+                check(rt.cudaMemcpyAsync(ptr, value.ctypes.data, value.nbytes,
+                                         rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "upload")
+                keep_alive.append(value)
+            if not ctx.set_tensor_address(name, ptr):
+                raise EngineBuildError(f"{graph}: cannot bind input {name!r}")
+        host_outputs, results = {}, {}
+        for i in range(plan.num_io_tensors):
+            name = plan.get_tensor_name(i)
+            if plan.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
+                continue
+            shape = tuple(ctx.get_tensor_shape(name))
+            dtype = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16"}[plan.get_tensor_dtype(name)]
+            if name in kv_outputs:
+                ptr = kv_outputs[name]
+                results[name] = DeviceTensor(ptr, shape, dtype)
+            else:
+                array = np.empty(shape, dtype=_NP[dtype])
+                ptr = self._scratch(graph, name, array.nbytes)
+                host_outputs[name] = (array, ptr)
+            if not ctx.set_tensor_address(name, ptr):
+                raise EngineBuildError(f"{graph}: cannot bind output {name!r}")
+        if not ctx.execute_async_v3(self.stream):
+            raise EngineBuildError(f"{graph}: TensorRT execution failed: {'; '.join(self.logger.errors)}")
+        for name, (array, ptr) in host_outputs.items():
+            check(rt.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes,
+                                     rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "download")
+            results[name] = array
+        check(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return results

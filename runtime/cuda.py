@@ -1,0 +1,40 @@
+"""The few CUDA runtime calls the TensorRT backend and builder need, through cuda-python,
+with every returned error code checked. Imported lazily; nothing here runs without a GPU."""
+
+from __future__ import annotations
+
+from runtime.errors import EngineBuildError
+
+
+def cudart():
+    """The cuda-python runtime module (cuda.bindings.runtime, or cuda.cudart before 12.6).
+
+    Raises: EngineBuildError when cuda-python is not installed."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        try:
+            from cuda import cudart as runtime
+        except ImportError:
+            raise EngineBuildError("cuda-python is not installed: pip install 'recycle-export[tensorrt]'") from None
+    return runtime
+
+
+def check(result, what: str):
+    """Unpack a cuda-python result tuple, raising on an error code."""
+    rt = cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != rt.cudaError_t.cudaSuccess:
+        raise EngineBuildError(f"CUDA {what} failed: {err}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def device_properties(device: int = 0) -> dict:
+    """Name and compute capability of a GPU. Raises: EngineBuildError without a GPU."""
+    rt = cudart()
+    count = check(rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    if count < 1 or device >= count:
+        raise EngineBuildError(f"no CUDA GPU number {device} (found {count})")
+    props = check(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+    return {"name": name, "compute_capability": [props.major, props.minor]}

@@ -1,0 +1,132 @@
+"""Engines without a GPU: targets, profiles, engine.json and compatibility checks, CPU builds."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from engines.build import build
+from engines.profiles import derive_profiles, select_profile
+from engines.targets import TARGETS, get_target
+from engines.tensorrt import check_part
+from runtime import contract as C
+from runtime.artifacts import Artifacts
+from runtime.backends.tensorrt import check_plan_compatibility
+from runtime.engines import EngineInfo
+from runtime.errors import ArtifactError, EngineBuildError, TargetError
+from runtime.generator import Generator, Request
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_artifacts, tmp_path_factory):
+    """A private copy: these tests add engines and change graphs."""
+    folder = tmp_path_factory.mktemp("engines") / "art"
+    shutil.copytree(tiny_artifacts, folder)
+    return folder
+
+
+def test_list_targets():
+    result = CliRunner().invoke(main, ["build", "--list-targets"])
+    assert result.exit_code == 0
+    for name in ("cpu", "ort-cuda", "ort-tensorrt", "t4", "orin", "ampere", "ada", "hopper"):
+        assert f"\n{name} " in result.output
+    assert "JetPack 6" in result.output and "sm87" in result.output
+
+
+def test_presets():
+    assert TARGETS["orin"].compute_capabilities == ((8, 7),) and TARGETS["t4"].compute_capabilities == ((7, 5),)
+    for name, target in TARGETS.items():
+        if target.backend == "tensorrt":
+            assert target.default_precision == "fp16"
+            # fp8 tensor cores exist from Ada (sm89) on.
+            assert ("fp8" in target.precisions) == (min(target.compute_capabilities) >= (8, 9)), name
+    assert get_target("cpu", None) == (TARGETS["cpu"], "fp32")
+    with pytest.raises(TargetError, match="unknown target 'v100'"):
+        get_target("v100", None)
+    with pytest.raises(TargetError, match="does not support precision 'fp8'; supported: fp16, fp32, int8"):
+        get_target("t4", "fp8")
+
+
+def test_profiles_follow_the_contract():
+    dims = C.Dims(n_layers=2, recycle_layers=1, n_kv_heads=2, head_dim=16, dim=64, vocab_size=96)
+    decode, prefill = derive_profiles(C.full_step(dims), max_seq_len=64, max_batch=4)
+    assert decode.shapes["input_ids"] == ((1, 1), (1, 2), (4, 4))
+    assert decode.shapes["past_key_values.1.value"] == ((1, 2, 0, 16), (1, 2, 32, 16), (4, 2, 63, 16))
+    assert decode.shapes["attention_mask"] == ((1, 1), (1, 34), (4, 67))  # total = past + new
+    assert decode.values["num_logits"] == ((1,), (2,), (4,))
+    assert prefill.shapes["input_ids"] == ((1, 1), (1, 64), (4, 64))
+    assert prefill.shapes["past_key_values.0.key"] == ((1, 2, 0, 16),) * 2 + ((4, 2, 0, 16),)
+    module = derive_profiles(C.recycle_step(dims), 64, 1)[0]
+    assert module.shapes["hidden_states"] == ((1, 1, 64), (1, 2, 64), (1, 4, 64))
+    assert set(module.shapes) == set(C.recycle_step(dims).input_names)
+    assert select_profile(2) == 0 and select_profile(30) == 1
+
+
+def test_plan_compatibility_checks(artifacts):
+    engine = EngineInfo(artifacts / "engines" / "t4-fp16", {
+        "target": "t4", "backend_version": "10.3.0", "device": {"name": "Tesla T4", "compute_capability": [7, 5]}})
+    check_plan_compatibility(engine, "10.3.0", {"name": "Tesla T4", "compute_capability": [7, 5]}, "rebuild")
+    with pytest.raises(ArtifactError, match="built with TensorRT 10.3.0, this is TensorRT 10.7.0"):
+        check_plan_compatibility(engine, "10.7.0", {"name": "Tesla T4", "compute_capability": [7, 5]}, "rebuild")
+    with pytest.raises(ArtifactError, match=r"built for Tesla T4 \(compute capability \(7, 5\)\), this GPU is "
+                                            r"NVIDIA H100 \(\(9, 0\)\); rebuild on this device"):
+        check_plan_compatibility(engine, "10.3.0", {"name": "NVIDIA H100", "compute_capability": [9, 0]}, "rebuild")
+    with pytest.raises(EngineBuildError, match="target 'orin' is for sm87, but this GPU is NVIDIA H100"):
+        check_part(TARGETS["orin"], {"name": "NVIDIA H100", "compute_capability": [9, 0]}, "fp16")
+
+
+def test_tensorrt_absent_gives_a_clear_error(artifacts):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    result = CliRunner().invoke(main, ["build", "--artifacts", str(artifacts), "--target", "t4"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: TensorRT is not installed: pip install 'recycle-export[tensorrt]'")
+    result = CliRunner().invoke(main, ["build", "--artifacts", str(artifacts), "--target", "ort-cuda"])
+    assert result.exit_code == 1 and "needs CUDAExecutionProvider" in result.output
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+def test_cpu_builds_run_in_the_runtime(artifacts, precision):
+    data = build(artifacts, "cpu", precision)
+    folder = artifacts / "engines" / f"cpu-{precision}"
+    written = json.loads((folder / "engine.json").read_text())
+    assert written == data
+    assert written["backend"] == "onnxruntime" and written["precision"] == precision
+    manifest = Artifacts.load(artifacts).manifest
+    assert written["source"] == {f: manifest["files"][f] for f in ("full_step.onnx", "recycle_step.onnx")}
+    gen = Generator.from_artifacts(artifacts, engine=f"cpu-{precision}", threads=1)
+    exported = Generator.from_artifacts(artifacts, threads=1)
+    for strategy in ("standard", "alternate", "verify"):
+        result = gen.generate([5, 17, 3], Request(strategy, max_new_tokens=8, stop_token_ids=()))
+        assert len(result.tokens) == 8
+        if precision == "fp32":  # graph optimizations must not change a token
+            assert result.tokens == exported.generate([5, 17, 3], Request(strategy, max_new_tokens=8,
+                                                                                stop_token_ids=())).tokens
+    if precision == "fp32":
+        assert "accuracy" not in written
+    else:
+        for graph in ("full_step", "recycle_step"):
+            figures = written["accuracy"][graph]
+            assert 0 < figures["max_abs_logit_diff"] and 0 <= figures["next_token_agreement"] <= 1
+
+
+def test_engine_checks_against_its_sources(artifacts):
+    build(artifacts, "cpu", "fp32")
+    folder = artifacts / "engines" / "cpu-fp32"
+    with open(folder / "full_step.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtifactError, match="full_step.onnx is missing or changed since the build; re-run `cli.py build"):
+        Generator.from_artifacts(artifacts, engine="cpu-fp32")
+    build(artifacts, "cpu", "fp32")
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    manifest["files"]["recycle_step.onnx"] = "0" * 64  # as if the graph had been re-exported since
+    with pytest.raises(ArtifactError, match="built from a different recycle_step.onnx than the one exported now"):
+        EngineInfo.load(Artifacts(artifacts, manifest), "cpu-fp32")
+    with pytest.raises(ArtifactError, match="no engine for target 'cpu-int2'"):
+        Generator.from_artifacts(artifacts, engine="cpu-int2", check_hashes=False)
