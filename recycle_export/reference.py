@@ -16,18 +16,8 @@ import torch
 
 from recycle_export.model import KV, RecycleGPT
 from runtime.errors import GenerationError
+from runtime.generator import STRATEGIES, Stats  # the same records as the runtime's
 from runtime.sampling import SamplingParams, accept_draft, draw, probabilities
-
-STRATEGIES = ("standard", "alternate", "verify")
-
-
-@dataclass
-class Stats:
-    base_calls: int = 0
-    module_calls: int = 0
-    drafts_proposed: int = 0
-    drafts_accepted: int = 0
-
 
 @dataclass
 class Call:
