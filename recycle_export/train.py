@@ -8,7 +8,8 @@ from the decoding pass, so training never runs the frozen base again.
 Joint training (--joint) also trains the base: L = L_lm + L_rec, with h recomputed.
 
 Work is kept in a sibling folder `<out>.work/`: data shards and the latest training state,
-so a rerun with the same options resumes where the last one stopped.
+so a rerun resumes where the last one stopped; asking for more prompts only generates the
+shards that are missing.
 """
 
 from __future__ import annotations
@@ -127,16 +128,23 @@ def agreement(model: RecycleGPT, seqs: list[Sequence]) -> dict:
 
 
 class _Work:
-    """The resumable work folder beside the output checkpoint."""
+    """The resumable work folder beside the output checkpoint. Data shards are kept as long
+    as the options that shape them (answer length, seed) are the same; the training state
+    is resumed only when every training option is the same, and restarted otherwise."""
+
+    DATA_OPTIONS = ("max_new_tokens", "seed")
 
     def __init__(self, out: Path, options: TrainOptions):
         self.dir = out.with_name(out.name + ".work")
         self.dir.mkdir(parents=True, exist_ok=True)
-        fingerprint = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("threads", "checkpoint_every")}
-        marker = self.dir / "options.json"
-        if marker.is_file() and json.loads(marker.read_text()) != fingerprint:
-            raise CheckpointError(f"{self.dir} holds work for other options; delete it or use the same options")
-        marker.write_text(json.dumps(fingerprint, indent=2))
+        data = {k: getattr(options, k) for k in self.DATA_OPTIONS}
+        marker = self.dir / "data.json"
+        if marker.is_file() and json.loads(marker.read_text()) != data:
+            raise CheckpointError(f"{self.dir} holds data generated with {json.loads(marker.read_text())}, "
+                                  f"not {data}; delete it or use the same options")
+        marker.write_text(json.dumps(data))
+        self.fingerprint = {k: v for k, v in dataclasses.asdict(options).items()
+                            if k not in ("threads", "checkpoint_every")}
 
     def shard(self, split: str, index: int) -> Path:
         return self.dir / f"{split}-{index:03d}.safetensors"
@@ -144,6 +152,15 @@ class _Work:
     @property
     def state(self) -> Path:
         return self.dir / "state.pt"
+
+    def resumable_state(self) -> dict | None:
+        if not self.state.is_file():
+            return None
+        state = torch.load(self.state, weights_only=True)
+        if state.get("options") != self.fingerprint:
+            log.info("training state in %s is for other options; starting training afresh", self.dir)
+            return None
+        return state
 
 
 def _data(model, codec, stop_ids, split, count, options, work, progress) -> list[Sequence]:
@@ -195,8 +212,8 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
     steps_per_epoch = math.ceil(len(train) / options.batch_size)
     total = steps_per_epoch * options.epochs
     step = 0
-    if work.state.is_file():
-        state = torch.load(work.state, weights_only=True)
+    state = work.resumable_state()
+    if state is not None:
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
@@ -221,7 +238,8 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
         if step % options.checkpoint_every == 0 or step == total:
             trainable = {k: v for k, v in model.state_dict().items() if options.joint or k.startswith("recycler.")}
             tmp = work.state.with_suffix(".tmp")
-            torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step}, tmp)
+            torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step,
+                        "options": work.fingerprint}, tmp)
             tmp.replace(work.state)
     model.eval()
     after = agreement(model, heldout)

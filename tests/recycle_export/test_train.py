@@ -46,11 +46,23 @@ def test_interrupted_training_resumes(tiny_chat_checkpoint, tmp_path, monkeypatc
     assert resumed["heldout_after"]["top1_agreement"] == pytest.approx(fresh["heldout_after"]["top1_agreement"], abs=0.05)
 
 
-def test_work_folder_of_other_options_is_refused(tiny_chat_checkpoint, tmp_path):
+def test_work_folder_with_data_of_other_options_is_refused(tiny_chat_checkpoint, tmp_path):
     (tmp_path / "out.work").mkdir()
-    (tmp_path / "out.work" / "options.json").write_text(json.dumps({"epochs": 99}))
-    with pytest.raises(CheckpointError, match="holds work for other options"):
+    (tmp_path / "out.work" / "data.json").write_text(json.dumps({"max_new_tokens": 99, "seed": 0}))
+    with pytest.raises(CheckpointError, match="holds data generated with"):
         train_recycler(tiny_chat_checkpoint, tmp_path / "out", OPTIONS)
+
+
+def test_other_training_options_reuse_the_data(tiny_chat_checkpoint, tmp_path, caplog):
+    import dataclasses
+
+    train_recycler(tiny_chat_checkpoint, tmp_path / "out", OPTIONS)
+    shards = sorted((tmp_path / "out.work").glob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    with caplog.at_level("INFO", logger="recycle_export.train"):
+        train_recycler(tiny_chat_checkpoint, tmp_path / "out", dataclasses.replace(OPTIONS, epochs=1))
+    assert "starting training afresh" in caplog.text
+    assert [p.stat().st_mtime_ns for p in shards] == stamps  # no answer generated twice
 
 
 def test_needs_a_chat_template(tiny_checkpoint, tmp_path):
