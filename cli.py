@@ -42,7 +42,7 @@ def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None) -> None
     """Convert a GGUF file into a checkpoint (weights dequantized to float32)."""
     from tqdm import tqdm
 
-    from recycle_export.checkpoint import attach_recycler, save_checkpoint
+    from recycle_export.checkpoint import save_checkpoint
     from recycle_export.gguf_import import import_gguf
 
     with tqdm(desc="dequantizing", unit="tensor", disable=None) as bar:
@@ -50,9 +50,7 @@ def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None) -> None
             bar.total = total
             bar.update(done - bar.n)
 
-        ckpt = import_gguf(gguf_path, progress)
-    if recycler_path:
-        attach_recycler(ckpt, recycler_path)
+        ckpt = import_gguf(gguf_path, progress, recycler_path)
     save_checkpoint(ckpt, out)
     cfg = ckpt.config
     click.echo(f"wrote {out}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, "

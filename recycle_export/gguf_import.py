@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from recycle_export.checkpoint import Checkpoint, GenerationInfo, new_model, assign_tensors
+from recycle_export.checkpoint import Checkpoint, GenerationInfo, assign_tensors, attach_recycler, new_model
 from recycle_export.config import ModelConfig
 from runtime.errors import CheckpointError, ConfigError, GGUFError
 
@@ -155,13 +155,16 @@ def _tokenizer_json(fields: _Fields) -> str:
     return tokenizer.to_str(pretty=False)
 
 
-def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, total: None) -> Checkpoint:
+def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, total: None,
+                recycler: Path | None = None) -> Checkpoint:
     """Read a LLaMA GGUF file into a Checkpoint (dequantized float32 weights, tokenizer,
-    special tokens and chat template) with a freshly initialised recyclable module.
+    special tokens and chat template) with the trained recyclable module in the
+    safetensors file `recycler`, or a freshly initialised one (with a warning).
 
     Raises:
         GGUFError: the file is missing or unreadable, of another architecture, or uses a
             tokenizer or quantization we cannot convert.
+        CheckpointError: `recycler` is missing or does not fit the model.
     """
     from gguf import GGUFReader
 
@@ -188,6 +191,10 @@ def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, 
         eos_token_ids=eos_ids,
         pad_token_id=fields.get("tokenizer.ggml.padding_token_id"),
         chat_template=fields.get("tokenizer.chat_template"))
-    log.warning("%s carries no recyclable module: attached a freshly initialised one "
-                "(train it with `cli.py train-recycler`)", path)
-    return Checkpoint(model, False, generation, _tokenizer_json(fields))
+    ckpt = Checkpoint(model, False, generation, _tokenizer_json(fields))
+    if recycler is not None:
+        attach_recycler(ckpt, recycler)
+    else:
+        log.warning("%s carries no recyclable module: attached a freshly initialised one "
+                    "(train it with `cli.py train-recycler`)", path)
+    return ckpt
