@@ -116,3 +116,20 @@ def test_cli_prints_one_error_line(saved):
 def test_model_config_derives_head_dim():
     assert ModelConfig(**TINY).head_dim == 16
     assert ModelConfig(**{**TINY, "head_dim": 32}).head_dim == 32
+
+
+def test_attach_and_save_recycler(tiny, tmp_path):
+    from recycle_export.checkpoint import attach_recycler, save_recycler
+    from tests.conftest import tiny_model
+
+    save_recycler(tiny, tmp_path / "module.safetensors")
+    other = Checkpoint(tiny_model(seed=7), False)
+    attach_recycler(other, tmp_path / "module.safetensors")
+    assert other.recycler_trained
+    for a, b in zip(tiny.recycler.state_dict().values(), other.model.recycler.state_dict().values()):
+        assert torch.equal(a.half().float(), b)  # stored as float16
+    wider = Checkpoint(tiny_model(dim=128, n_heads=4, n_kv_heads=2), False)
+    with pytest.raises(CheckpointError, match=r"'fuse.weight' has shape \(64, 128\), expected \(128, 256\)"):
+        attach_recycler(wider, tmp_path / "module.safetensors")
+    with pytest.raises(CheckpointError, match="recyclable module .* not found"):
+        attach_recycler(other, tmp_path / "missing.safetensors")
