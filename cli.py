@@ -288,6 +288,7 @@ def _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_to
 def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engine, threads, json_path,
           chart_path) -> None:
     """Run the strategies side by side (greedy, same prompts) and report decode speed."""
+    import os
     import platform
 
     from tqdm import tqdm
@@ -316,7 +317,7 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
     manifest = generator.artifacts.manifest
     context = {"artifacts": str(artifacts), "engine": engine or "exported graphs (onnxruntime CPU)",
                "dtype": manifest["dtype"], "machine": platform.processor() or platform.machine(),
-               "cores": __import__("os").cpu_count(), "threads": threads, "prompts": len(ids),
+               "cores": os.cpu_count(), "threads": threads, "prompts": len(ids),
                "max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup}
     write_json(figures, json_path, context)
     write_chart(figures, chart_path, f"{Path(artifacts).name} ({engine or manifest['dtype'] + ' graphs'}, "

@@ -21,7 +21,6 @@ INT4_ACCURACY_LEVEL = 4
 def session_settings(target: Target, precision: str, folder: Path) -> dict:
     """The session settings recorded in engine.json and applied by the runtime."""
     settings = {"graph_optimization_level": "ORT_ENABLE_ALL", "intra_op_spinning": False,
-                "enable_mem_pattern": False,  # shapes change every step: nothing to reuse
                 "providers": list(target.providers), "provider_options": {}}
     if target.name == "ort-tensorrt":
         settings["provider_options"]["TensorrtExecutionProvider"] = {
