@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,15 +123,21 @@ def trace_graph(model: RecycleGPT, spec: C.GraphContract, path: Path, opset: int
     dtype = model.base.embed_tokens.weight.dtype
     sizes = {C.BATCH: 2, C.NEW: 3, C.PAST: 4, C.NUM_LOGITS: 2}
     args = tuple(example_inputs(spec, sizes, dtype, model.cfg.vocab_size, torch.Generator().manual_seed(0)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-        torch.onnx.export(graph_module(model, spec.name), args, str(path), input_names=spec.input_names,
-                          output_names=spec.output_names, dynamic_axes=_dynamic_axes(spec),
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
-    proto = onnx.load(str(path))
+    # Trace into a scratch folder: past 2 GB the tracer spills one external file per tensor.
+    scratch = path.with_name(f".trace-{path.stem}")
+    scratch.mkdir()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+            torch.onnx.export(graph_module(model, spec.name), args, str(scratch / path.name),
+                              input_names=spec.input_names, output_names=spec.output_names,
+                              dynamic_axes=_dynamic_axes(spec), opset_version=opset,
+                              do_constant_folding=True, dynamo=False)
+        proto = onnx.load(str(scratch / path.name))
+    finally:
+        shutil.rmtree(scratch)
     share_transposed_weights(proto)
     weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
-    path.unlink()
     if weight_bytes > external_data_bytes:
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=f"{path.name}.data", size_threshold=1024)
