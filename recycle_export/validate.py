@@ -37,16 +37,29 @@ CASES = {
 
 
 def _case_inputs(spec: C.GraphContract, case: tuple, dtype: torch.dtype, vocab: int,
-                 gen: torch.Generator) -> dict[str, torch.Tensor]:
+                 gen: torch.Generator, wrapper) -> dict[str, torch.Tensor]:
+    """Inputs for one case. A step's past is the model's own cache after a prefill of the
+    same rows (random tokens; random h for the module), as in decoding: random past
+    tensors would put attention where no real cache does."""
     batch, new, past, num_logits, pad = case
-    sizes = {C.BATCH: batch, C.NEW: new, C.PAST: past, C.NUM_LOGITS: num_logits}
-    feeds = dict(zip(spec.input_names, example_inputs(spec, sizes, dtype, vocab, gen)))
-    if pad:  # row 1 starts with `pad` padding slots; its real positions start at 0
-        mask = feeds[C.ATTENTION_MASK]
-        mask[1, :pad] = 0
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        feeds[C.POSITION_IDS] = positions[:, past:]
-    return feeds
+    total = past + new
+    mask = torch.ones(batch, total, dtype=torch.long)
+    mask[1:, :pad] = 0  # row 1 starts with `pad` padding slots; its real positions start at 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    sizes = {C.BATCH: batch, C.NEW: total, C.PAST: 0, C.NUM_LOGITS: num_logits}
+    whole = dict(zip(spec.input_names, example_inputs(spec, sizes, torch.float32, vocab, gen)))
+    whole[C.ATTENTION_MASK], whole[C.POSITION_IDS] = mask, positions
+    feeds = {name: value[:, past:] if name in (C.INPUT_IDS, C.POSITION_IDS, C.HIDDEN_STATES) else value
+             for name, value in whole.items()}
+    if past:
+        prefix = {name: value[:, :past] if name in (C.INPUT_IDS, C.POSITION_IDS, C.HIDDEN_STATES, C.ATTENTION_MASK)
+                  else value for name, value in whole.items()}
+        prefix[C.NUM_LOGITS_INPUT] = torch.tensor([1])
+        with torch.no_grad():
+            present = wrapper(*prefix.values())[2:]
+        kv_names = [n for n in spec.input_names if n.startswith("past_key_values.")]
+        feeds.update(zip(kv_names, present))
+    return {name: value.to(dtype) if value.is_floating_point() else value for name, value in feeds.items()}
 
 
 def validate_graphs(folder: Path, model: RecycleGPT, dims: C.Dims) -> dict:
@@ -67,7 +80,7 @@ def validate_graphs(folder: Path, model: RecycleGPT, dims: C.Dims) -> dict:
         per_output: dict[str, dict[str, float]] = {out: {} for out in spec.output_names}
         gen = torch.Generator().manual_seed(0)
         for case_name, case in CASES.items():
-            feeds = _case_inputs(spec, case, dtype, dims.vocab_size, gen)
+            feeds = _case_inputs(spec, case, dtype, dims.vocab_size, gen, wrapper)
             with torch.no_grad():
                 expected = wrapper(*(t.float() if t.is_floating_point() else t for t in feeds.values()))
             got = session.run(None, {k: v.numpy() for k, v in feeds.items()})
