@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime import contract as C
+from runtime.backends.tensorrt import DECODE_MAX_NEW, select_profile  # noqa: F401  (the runtime's side)
 
-DECODE_MAX_NEW = 4
 PREFILL_OPT = 128
 
 
@@ -55,11 +55,6 @@ def derive_profiles(spec: C.GraphContract, max_seq_len: int, max_batch: int = 1)
             shapes[tensor.name] = tuple(triple)
         profiles.append(Profile(name, ranges, shapes, values))
     return profiles
-
-
-def select_profile(new: int) -> int:
-    """The profile index a step of `new` new tokens runs under (a prefill has an empty past)."""
-    return 0 if new <= DECODE_MAX_NEW else 1
 
 
 def profiles_json(spec: C.GraphContract, max_seq_len: int, max_batch: int) -> list[dict]:

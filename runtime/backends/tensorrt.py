@@ -29,7 +29,12 @@ from runtime.kv import BASE, MODULE
 log = logging.getLogger(__name__)
 
 _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
-DECODE_MAX_NEW = 4  # as engines/profiles.py: profile 0 takes up to 4 new tokens, profile 1 prefills
+DECODE_MAX_NEW = 4  # profile 0 (decode) takes up to 4 new tokens; profile 1 prefills (engines/profiles.py)
+
+
+def select_profile(new: int) -> int:
+    """The profile index a step of `new` new tokens runs under (a prefill has an empty past)."""
+    return 0 if new <= DECODE_MAX_NEW else 1
 
 
 def import_tensorrt():
@@ -208,7 +213,7 @@ class TrtBackend:
     def _run(self, graph: str, feeds: dict, kv_outputs: dict[str, int]) -> dict:
         rt, trt, plan, ctx = self.rt, self.trt, self.engines[graph], self.contexts[graph]
         new = feeds[C.INPUT_IDS].shape[1]
-        if not ctx.set_optimization_profile_async(0 if new <= DECODE_MAX_NEW else 1, self.stream):
+        if not ctx.set_optimization_profile_async(select_profile(new), self.stream):
             raise EngineBuildError(f"{graph}: cannot select the optimization profile for {new} new tokens")
         keep_alive = []
         for name, value in feeds.items():
