@@ -88,17 +88,19 @@ def accuracy_report(artifacts: Artifacts, folder: Path, graphs: dict[str, str],
 
     reference = OrtBackend(artifacts)
     build = OrtBackend(artifacts, model_paths={name: folder / file for name, file in graphs.items()})
-    report = {}
-    for index, graph in enumerate(("full_step", "recycle_step")):
-        worst, agree, total = 0.0, 0, 0
-        for prompt, answer in sequences:
-            span = slice(len(prompt) - 1, len(prompt) + len(answer) - 1)
-            ref = teacher_forced(reference, artifacts.dims, prompt + answer)[index][span]
-            got = teacher_forced(build, artifacts.dims, prompt + answer)[index][span]
-            worst = max(worst, float(np.abs(ref - got).max()))
-            agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-            total += len(answer)
-        report[graph] = {"max_abs_logit_diff": worst, "next_token_agreement": agree / total}
+    names = ("full_step", "recycle_step")
+    worst, agree = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
+    for prompt, answer in sequences:
+        span = slice(len(prompt) - 1, len(prompt) + len(answer) - 1)
+        refs = teacher_forced(reference, artifacts.dims, prompt + answer)
+        gots = teacher_forced(build, artifacts.dims, prompt + answer)
+        for graph, ref, got in zip(names, refs, gots):
+            ref, got = ref[span], got[span]
+            worst[graph] = max(worst[graph], float(np.abs(ref - got).max()))
+            agree[graph] += int((ref.argmax(-1) == got.argmax(-1)).sum())
+    total = sum(len(answer) for _, answer in sequences)
+    report = {graph: {"max_abs_logit_diff": worst[graph], "next_token_agreement": agree[graph] / total}
+              for graph in names}
     report["sequences"] = len(sequences)
-    report["positions"] = sum(len(answer) for _, answer in sequences)
+    report["positions"] = total
     return report

@@ -12,7 +12,6 @@ import numpy as np
 from runtime import contract as C
 
 BASE, MODULE = "base", "module"
-GRAPH_CACHE = {C.FULL_STEP: BASE, C.RECYCLE_STEP: MODULE}
 
 
 class KVPool:
