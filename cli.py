@@ -166,13 +166,21 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--distill-weight", type=float, default=0.0, show_default=True,
+@click.option("--distill-weight", type=float, default=1.0, show_default=True,
               help="Weight of KL(base || module) added to the cross-entropy.")
+@click.option("--feature-weight", type=float, default=1.0, show_default=True,
+              help="Weight of the smooth-L1 regression of the module's g_j onto the base's h_j.")
+@click.option("--logit-fraction", type=float, default=0.25, show_default=True,
+              help="Share of positions per step whose tokens go through the LM head (cross-entropy, KL).")
 @click.option("--joint", is_flag=True, help="Train the base too (L = L_lm + L_rec).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--generation-dtype", type=click.Choice(["bfloat16", "float32"]), default="bfloat16",
+              show_default=True, help="The base's dtype while it writes the training answers.")
+@click.option("--float32", "float32_steps", is_flag=True, help="Train in float32 (default: bfloat16 autocast).")
 @click.option("--threads", type=int, default=None)
 def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_prompts, max_new_tokens, epochs,
-                       batch_size, lr, distill_weight, joint, seed, threads) -> None:
+                       batch_size, lr, distill_weight, feature_weight, logit_fraction, joint, seed, generation_dtype,
+                       float32_steps, threads) -> None:
     """Train the recyclable module on the base's own answers (resumes an interrupted run)."""
     from tqdm import tqdm
 
@@ -180,7 +188,8 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
     from recycle_export.train import TrainOptions, train_recycler
 
     options = TrainOptions(train_prompts, heldout_prompts, max_new_tokens, epochs, batch_size, lr,
-                           distill_weight, joint, seed, threads=threads)
+                           distill_weight, feature_weight, logit_fraction, joint, seed, threads=threads,
+                           generation_dtype=generation_dtype, bfloat16=not float32_steps)
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:

@@ -30,7 +30,7 @@ def test_interrupted_training_resumes(tiny_chat_checkpoint, tmp_path, monkeypatc
 
     def stop_after_six(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 6 + 1:  # +1: the held-out evaluation before training
+        if calls["n"] > 6:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -73,3 +73,26 @@ def test_needs_a_chat_template(tiny_checkpoint, tmp_path):
 def test_invalid_options():
     with pytest.raises(ConfigError, match="epochs must be >= 1"):
         TrainOptions(epochs=0)
+    with pytest.raises(ConfigError, match="logit_fraction must be in"):
+        TrainOptions(logit_fraction=0.0)
+    with pytest.raises(ConfigError, match="generation_dtype must be one of"):
+        TrainOptions(generation_dtype="int8")
+
+
+def test_loss_terms_each_train_the_module(tiny_chat_checkpoint):
+    """Every term of the loss reaches the module's weights: features alone, tokens alone."""
+    import torch
+
+    from recycle_export.distill_data import generate_sequences
+    from recycle_export.train import init_recycler_from_base, recycler_loss
+
+    model = load_checkpoint(tiny_chat_checkpoint).model
+    init_recycler_from_base(model)
+    seqs = generate_sequences(model, [[1, 2, 3], [4, 5]], 6, stop_ids=())
+    for weights in ({"feature_weight": 1.0, "distill_weight": 0.0, "logit_fraction": 1e-9},
+                    {"feature_weight": 0.0, "distill_weight": 1.0, "logit_fraction": 1.0}):
+        model.zero_grad()
+        loss = recycler_loss(model, seqs, TrainOptions(**weights), torch.Generator().manual_seed(0))
+        assert loss.item() > 0
+        loss.backward()
+        assert model.recycler.fuse.weight.grad.abs().sum() > 0
