@@ -168,7 +168,7 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--distill-weight", type=float, default=1.0, show_default=True,
               help="Weight of KL(base || module) added to the cross-entropy.")
-@click.option("--feature-weight", type=float, default=1.0, show_default=True,
+@click.option("--feature-weight", type=float, default=0.0, show_default=True,
               help="Weight of the smooth-L1 regression of the module's g_j onto the base's h_j.")
 @click.option("--logit-fraction", type=float, default=0.25, show_default=True,
               help="Share of positions per step whose tokens go through the LM head (cross-entropy, KL).")

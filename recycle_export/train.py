@@ -1,9 +1,9 @@
 """Training the recyclable module (DESIGN.md section 1), resumable, with a held-out evaluation.
 
 Frozen base (the default): the module learns, at every position j, to predict x_{j+1}
-from (h_{j-1}, x_j). The loss (recycler_loss) regresses the module's g_j onto the base's h_j
-(EAGLE's feature loss) and adds cross-entropy to the next token plus a distillation term
-KL(base || module) on a sample of positions. The data is self-distillation
+from (h_{j-1}, x_j). The loss (recycler_loss) is cross-entropy to the next token plus a
+distillation term KL(base || module) on a sample of positions, optionally plus a regression
+of the module's g_j onto the base's h_j (EAGLE's feature loss). The data is self-distillation
 (recycle_export.distill_data): the base's greedy answers, whose hidden states are kept
 from the decoding pass, so training never runs the frozen base again.
 Joint training (--joint) also trains the base: L = L_lm + L_rec, with h recomputed.
@@ -55,7 +55,10 @@ class TrainOptions:
     batch_size: int = 8  # sequences per step
     lr: float = 2e-3
     distill_weight: float = 1.0
-    feature_weight: float = 1.0
+    # Ablation on SmolLM2 (640 prompts, 2 epochs, held-out agreement): tokens alone at a 25%
+    # sample 0.281 in 294 s, plus features 0.271, tokens at every position 0.301 in 1029 s;
+    # so: no feature term by default, and epochs bought with the sampled LM head.
+    feature_weight: float = 0.0
     logit_fraction: float = 0.25  # of the positions whose tokens go through the LM head per step
     joint: bool = False
     seed: int = 0
@@ -104,11 +107,11 @@ def _batch(seqs: list[Sequence], dim: int):
 
 def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions,
                   generator: torch.Generator) -> torch.Tensor:
-    """The module's training loss on a batch (EAGLE-style: features and tokens).
+    """The module's training loss on a batch.
 
-    - feature regression: smooth L1 between the module's g_j and the base's h_j, at every
-      position (both are the vector the LM head reads, so g_j ~ h_j means the same next-token
-      distribution); cheap, as it never touches the (vocab x dim) LM head.
+    - feature regression (`feature_weight`, EAGLE's): smooth L1 between the module's g_j and
+      the base's h_j, at every position (both are the vector the LM head reads, so g_j ~ h_j
+      means the same next-token distribution); cheap, as it never touches the LM head.
     - tokens: cross-entropy to x_{j+1}, plus `distill_weight` x KL(base || module) against the
       base's logits, on a random `logit_fraction` of the positions: the LM head is ~80% of a
       SmolLM2 module step's cost, so sampling positions makes training several times faster.
@@ -123,16 +126,19 @@ def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions
         prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
     g = model.recycle_step(x, prev, positions, mask, model.empty_kv(model.cfg.recycle_layers, len(seqs)), 0).hidden
     valid = y != -100  # (B, T)
-    loss = options.feature_weight * F.smooth_l1_loss(g[valid].float(), h[valid].detach().float())
+    loss = torch.zeros(())
+    if options.feature_weight:
+        loss = options.feature_weight * F.smooth_l1_loss(g[valid].float(), h[valid].detach().float())
     picked = valid & (torch.rand(valid.shape, generator=generator) < options.logit_fraction)
-    if picked.any():
-        logits = model.base.lm_head(g[picked]).float()  # (N, V)
-        loss = loss + F.cross_entropy(logits, y[picked])
-        if options.distill_weight:
-            with torch.no_grad():
-                teacher = F.log_softmax(model.base.lm_head(h[picked].detach()).float(), dim=-1)
-            student = F.log_softmax(logits, dim=-1)
-            loss = loss + options.distill_weight * F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    if not picked.any():  # a tiny batch: keep one position so that every step has token targets
+        picked.view(-1)[valid.view(-1).nonzero()[0]] = True
+    logits = model.base.lm_head(g[picked]).float()  # (N, V)
+    loss = loss + F.cross_entropy(logits, y[picked])
+    if options.distill_weight:
+        with torch.no_grad():
+            teacher = F.log_softmax(model.base.lm_head(h[picked].detach()).float(), dim=-1)
+        student = F.log_softmax(logits, dim=-1)
+        loss = loss + options.distill_weight * F.kl_div(student, teacher, log_target=True, reduction="batchmean")
     return loss + lm_loss
 
 
