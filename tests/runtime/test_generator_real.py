@@ -23,7 +23,8 @@ def test_runtime_equals_reference(smollm_artifacts, smollm_checkpoint, strategy)
 
 
 def test_committed_module_is_trained(smollm_artifacts, smollm_checkpoint):
-    """The module in models/ accepts a fair share of drafts (untrained: about none)."""
+    """The module in models/ accepts a fair share of drafts (untrained: about none; the
+    committed module: 36 of 59 on these two prompts, its predecessor about a third)."""
     assert smollm_checkpoint[1].recycler_trained
     generator = Generator.from_artifacts(smollm_artifacts, check_hashes=False)
     proposed = accepted = 0
@@ -31,4 +32,4 @@ def test_committed_module_is_trained(smollm_artifacts, smollm_checkpoint):
         stats = generator.generate(generator.encode(question, chat=True),
                                    Request("verify", max_new_tokens=48)).stats
         proposed, accepted = proposed + stats.drafts_proposed, accepted + stats.drafts_accepted
-    assert accepted / proposed > 0.2
+    assert accepted / proposed > 0.4
