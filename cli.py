@@ -177,10 +177,12 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--generation-dtype", type=click.Choice(["bfloat16", "float32"]), default="bfloat16",
               show_default=True, help="The base's dtype while it writes the training answers.")
 @click.option("--float32", "float32_steps", is_flag=True, help="Train in float32 (default: bfloat16 autocast).")
+@click.option("--init", type=click.Choice(["base-layer", "checkpoint"]), default="base-layer", show_default=True,
+              help="Start the module from the base's last layer, or go on from the checkpoint's trained module.")
 @click.option("--threads", type=int, default=None)
 def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_prompts, max_new_tokens, epochs,
                        batch_size, lr, distill_weight, feature_weight, logit_fraction, joint, seed, generation_dtype,
-                       float32_steps, threads) -> None:
+                       float32_steps, init, threads) -> None:
     """Train the recyclable module on the base's own answers (resumes an interrupted run)."""
     from tqdm import tqdm
 
@@ -189,7 +191,7 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
 
     options = TrainOptions(train_prompts, heldout_prompts, max_new_tokens, epochs, batch_size, lr,
                            distill_weight, feature_weight, logit_fraction, joint, seed, threads=threads,
-                           generation_dtype=generation_dtype, bfloat16=not float32_steps)
+                           generation_dtype=generation_dtype, bfloat16=not float32_steps, init=init)
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:

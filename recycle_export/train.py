@@ -66,6 +66,7 @@ class TrainOptions:
     threads: int | None = None
     generation_dtype: str = "bfloat16"  # the base's dtype while it writes the answers
     bfloat16: bool = True  # autocast the training steps' matmuls (float32 master weights)
+    init: str = "base-layer"  # or "checkpoint": go on from the checkpoint's trained module
 
     def __post_init__(self) -> None:
         for name in ("train_prompts", "heldout_prompts", "max_new_tokens", "epochs", "batch_size", "checkpoint_every"):
@@ -75,6 +76,8 @@ class TrainOptions:
             raise ConfigError("lr must be > 0, distill_weight and feature_weight >= 0")
         if not 0 < self.logit_fraction <= 1:
             raise ConfigError(f"logit_fraction must be in (0, 1], got {self.logit_fraction}")
+        if self.init not in ("base-layer", "checkpoint"):
+            raise ConfigError(f"init must be 'base-layer' or 'checkpoint', got {self.init!r}")
         if self.generation_dtype not in GENERATION_DTYPES:
             raise ConfigError(f"generation_dtype must be one of {sorted(GENERATION_DTYPES)}, got {self.generation_dtype!r}")
 
@@ -245,7 +248,10 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
     for p in model.base.parameters():
         p.requires_grad_(options.joint)
     torch.manual_seed(options.seed)
-    init_recycler_from_base(model)
+    if options.init == "base-layer":
+        init_recycler_from_base(model)
+    elif not ckpt.recycler_trained:
+        raise CheckpointError(f"{model_path} has no trained recyclable module to go on from (init 'checkpoint')")
     heldout = _data(model, codec, ckpt.generation.eos_token_ids, "heldout", options.heldout_prompts, options,
                     work, progress)
     train = _data(model, codec, ckpt.generation.eos_token_ids, "train", options.train_prompts, options, work, progress)

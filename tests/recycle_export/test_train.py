@@ -99,3 +99,13 @@ def test_loss_terms_each_train_the_module(tiny_chat_checkpoint):
         losses[tuple(weights.values())] = loss.item()
     tokens_only = losses[(0.0, 0.0)]
     assert tokens_only > 0 and losses[(1.0, 0.0)] > tokens_only and losses[(0.0, 1.0)] > tokens_only
+
+
+def test_training_goes_on_from_a_trained_module(tiny_chat_checkpoint, tmp_path):
+    import dataclasses
+
+    first = train_recycler(tiny_chat_checkpoint, tmp_path / "first", OPTIONS)
+    again = train_recycler(tmp_path / "first", tmp_path / "again", dataclasses.replace(OPTIONS, init="checkpoint"))
+    assert again["heldout_before"] == pytest.approx(first["heldout_after"])  # it started where the first ended
+    with pytest.raises(CheckpointError, match="no trained recyclable module"):
+        train_recycler(tiny_chat_checkpoint, tmp_path / "none", dataclasses.replace(OPTIONS, init="checkpoint"))
