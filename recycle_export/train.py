@@ -168,8 +168,9 @@ def agreement(model: RecycleGPT, seqs: list[Sequence]) -> dict:
 
 class _Work:
     """The resumable work folder beside the output checkpoint. Data shards are kept as long
-    as the options that shape them (answer length, seed, dtype, prompt lists) are the same; the training state
-    is resumed only when every training option is the same, and restarted otherwise."""
+    as what shapes them (answer length, seed, generation dtype, prompt lists) is the same;
+    the training state is resumed only when every training option is the same, and
+    restarted otherwise."""
 
     DATA_OPTIONS = ("max_new_tokens", "seed", "generation_dtype")
 
@@ -296,8 +297,8 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
     after = agreement(model, heldout)
     report = {
         "options": dataclasses.asdict(options),
-        "data": {"source": "self-distillation: greedy answers of the base to template x topic prompts "
-                           "(recycle_export/distill_data.py)",
+        "data": {"source": f"self-distillation: greedy answers of the base in {options.generation_dtype} to "
+                           "template x topic prompts (recycle_export/distill_data.py)",
                  "train_sequences": len(train), "train_tokens": sum(len(s.hidden) for s in train),
                  "heldout_sequences": len(heldout)},
         "heldout_before": before, "heldout_after": after,
