@@ -105,7 +105,12 @@ def test_training_goes_on_from_a_trained_module(tiny_chat_checkpoint, tmp_path):
     import dataclasses
 
     first = train_recycler(tiny_chat_checkpoint, tmp_path / "first", OPTIONS)
-    again = train_recycler(tmp_path / "first", tmp_path / "again", dataclasses.replace(OPTIONS, init="checkpoint"))
+    shards = sorted((tmp_path / "first.work").glob("*.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    # In place (--model and --out the same checkpoint), so that the data shards are reused.
+    again = train_recycler(tmp_path / "first", tmp_path / "first", dataclasses.replace(OPTIONS, init="checkpoint"))
     assert again["heldout_before"] == pytest.approx(first["heldout_after"])  # it started where the first ended
+    assert [p.stat().st_mtime_ns for p in shards] == stamps
+    assert load_checkpoint(tmp_path / "first").recycler_trained
     with pytest.raises(CheckpointError, match="no trained recyclable module"):
         train_recycler(tiny_chat_checkpoint, tmp_path / "none", dataclasses.replace(OPTIONS, init="checkpoint"))
