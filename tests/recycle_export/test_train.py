@@ -80,7 +80,7 @@ def test_invalid_options():
 
 
 def test_loss_terms_each_train_the_module(tiny_chat_checkpoint):
-    """Every term of the loss reaches the module's weights: features alone, tokens alone."""
+    """Each term of the loss adds to it, and each configuration reaches the module's weights."""
     import torch
 
     from recycle_export.distill_data import generate_sequences

@@ -24,7 +24,7 @@ def test_runtime_equals_reference(smollm_artifacts, smollm_checkpoint, strategy)
 
 def test_committed_module_is_trained(smollm_artifacts, smollm_checkpoint):
     """The module in models/ accepts a fair share of drafts (untrained: about none; the
-    committed module: 37 of 59 on these two prompts, its predecessor about a third)."""
+    committed module: 37 of 59 on these two prompts)."""
     assert smollm_checkpoint[1].recycler_trained
     generator = Generator.from_artifacts(smollm_artifacts, check_hashes=False)
     proposed = accepted = 0
