@@ -94,7 +94,8 @@ def init_recycler_from_base(model: RecycleGPT) -> None:
 
 
 def _batch(seqs: list[Sequence], dim: int):
-    """Right-padded tensors for teacher forcing: inputs x_0..x_{T-1}, targets x_1..x_T."""
+    """Right-padded tensors for teacher forcing: inputs x_0..x_{T-1}, targets x_1..x_T, the
+    base's h_0..h_{T-1} and the padding mask."""
     longest = max(len(s.hidden) for s in seqs)
     b = len(seqs)
     x = torch.zeros(b, longest, dtype=torch.long)
@@ -104,8 +105,15 @@ def _batch(seqs: list[Sequence], dim: int):
     for i, s in enumerate(seqs):
         t = len(s.hidden)
         x[i, :t], y[i, :t], h[i, :t], mask[i, :t] = s.tokens[:t], s.tokens[1:t + 1], s.hidden.float(), 1
-    prev = torch.cat([torch.zeros(b, 1, dim), h[:, :-1]], dim=1)  # h_{j-1}, zero at j = 0
-    return x, y, h, prev, mask
+    return x, y, h, mask
+
+
+def _module_states(model: RecycleGPT, x, h, mask) -> torch.Tensor:
+    """The module's g_j at every position of a teacher-forced batch: x_j with h_{j-1}
+    (zero at j = 0), the module's cache empty. (B, T, dim)."""
+    prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)  # (B, T, dim): h_{j-1}
+    positions = torch.arange(x.shape[1]).expand_as(x)
+    return model.recycle_step(x, prev, positions, mask, model.empty_kv(model.cfg.recycle_layers, len(x)), 0).hidden
 
 
 def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions,
@@ -119,15 +127,14 @@ def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions
       base's logits, on a random `logit_fraction` of the positions: the LM head is ~80% of a
       SmolLM2 module step's cost, so sampling positions makes training several times faster.
     """
-    x, y, h, prev, mask = _batch(seqs, model.cfg.dim)
-    positions = torch.arange(x.shape[1]).expand_as(x)
+    x, y, h, mask = _batch(seqs, model.cfg.dim)
     lm_loss = torch.zeros(())
     if options.joint:  # recompute h with gradients through the base
+        positions = torch.arange(x.shape[1]).expand_as(x)
         base = model.base_step(x, positions, mask, model.empty_kv(model.cfg.n_layers, len(seqs)), x.shape[1])
         lm_loss = F.cross_entropy(base.logits.flatten(0, 1), y.flatten())
         h = base.hidden
-        prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
-    g = model.recycle_step(x, prev, positions, mask, model.empty_kv(model.cfg.recycle_layers, len(seqs)), 0).hidden
+    g = _module_states(model, x, h, mask)
     valid = y != -100  # (B, T)
     loss = torch.zeros(())
     if options.feature_weight:
@@ -153,10 +160,8 @@ def agreement(model: RecycleGPT, seqs: list[Sequence]) -> dict:
     nll = 0.0
     for first in range(0, len(seqs), 8):
         chunk = seqs[first:first + 8]
-        x, y, _, prev, mask = _batch(chunk, model.cfg.dim)
-        positions = torch.arange(x.shape[1]).expand_as(x)
-        logits = model.recycle_step(x, prev, positions, mask, model.empty_kv(model.cfg.recycle_layers, len(chunk)),
-                                    x.shape[1]).logits
+        x, y, h, mask = _batch(chunk, model.cfg.dim)
+        logits = model.base.lm_head(_module_states(model, x, h, mask))  # (B, T, V)
         for i, s in enumerate(chunk):
             answer = slice(s.prompt_len - 1, len(s.hidden))  # predictions of answer tokens
             pred, target = logits[i, answer].argmax(-1), y[i, answer]
