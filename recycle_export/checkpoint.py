@@ -210,7 +210,7 @@ def _load_ours(path: Path) -> Checkpoint:
         file = path / f"{part}.safetensors"
         if not file.is_file():
             raise CheckpointError(f"{path}: missing {file.name}")
-        assign_tensors(module, _read_tensors([file]), str(file))
+        (_assign_recycler if part == "recycler" else assign_tensors)(module, _read_tensors([file]), str(file))
     generation = GenerationInfo()
     if (path / "generation.json").is_file():
         generation = GenerationInfo.from_dict(_read_json(path / "generation.json", "generation.json"))
@@ -230,8 +230,19 @@ def attach_recycler(ckpt: Checkpoint, file: Path) -> None:
     file = Path(file)
     if not file.is_file():
         raise CheckpointError(f"recyclable module {file} not found")
-    assign_tensors(ckpt.model.recycler, _read_tensors([file]), str(file))
+    _assign_recycler(ckpt.model.recycler, _read_tensors([file]), str(file))
     ckpt.recycler_trained = True
+
+
+def _assign_recycler(recycler: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """assign_tensors for the module, whose integer `draft_tokens` tensor is optional."""
+    draft_tokens = tensors.pop("draft_tokens", None)
+    recycler.set_draft_tokens(None)
+    assign_tensors(recycler, tensors, source)
+    try:
+        recycler.set_draft_tokens(draft_tokens, source)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def save_recycler(model: RecycleGPT, file: Path, dtype: torch.dtype = torch.float16) -> None:
@@ -239,7 +250,8 @@ def save_recycler(model: RecycleGPT, file: Path, dtype: torch.dtype = torch.floa
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.tmp")
-    save_file({k: v.to(dtype).contiguous() for k, v in model.recycler.state_dict().items()}, tmp)
+    save_file({k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+               for k, v in model.recycler.state_dict().items()}, tmp)
     os.replace(tmp, file)
 
 

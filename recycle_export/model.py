@@ -16,6 +16,9 @@ from torch import nn
 from recycle_export.config import ModelConfig
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each (B, H_kv, T, D)
+# The logit of a token outside the module's draft vocabulary: the lowest float16 value, so
+# that it stays finite in every engine precision and no sampler or argmax ever picks it.
+MASKED_LOGIT = -65504.0
 
 
 @dataclass
@@ -135,13 +138,37 @@ class Base(nn.Module):
 
 
 class Recycler(nn.Module):
-    """The recyclable module: fuse (h_{j-1}, embed(x_j)), R decoder layers, own final norm."""
+    """The recyclable module: fuse (h_{j-1}, embed(x_j)), R decoder layers, own final norm.
+
+    draft_tokens (optional, sorted token ids): the module's draft vocabulary. Its LM head
+    then scores only these tokens (FR-Spec, Zhao et al. 2025: the most frequent tokens of
+    the base's own answers) and gives every other token MASKED_LOGIT. On a 49k vocabulary
+    the full LM head is most of the module's cost; the base is untouched.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.vocab_size = cfg.vocab_size
         self.fuse = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.recycle_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.register_buffer("draft_tokens", None)
+
+    def set_draft_tokens(self, tokens: torch.Tensor | None, source: str = "draft_tokens") -> None:
+        """Restrict the module's LM head to `tokens` (None: the whole vocabulary).
+
+        Raises:
+            ValueError: tokens is not a non-empty, sorted, duplicate-free 1-D integer tensor
+                of ids in the vocabulary.
+        """
+        if tokens is not None:
+            if tokens.dim() != 1 or tokens.is_floating_point() or not len(tokens):
+                raise ValueError(f"{source}: draft tokens must be a non-empty 1-D integer tensor, "
+                                 f"got {tuple(tokens.shape)} {tokens.dtype}")
+            if bool((tokens[1:] <= tokens[:-1]).any()) or tokens[0] < 0 or tokens[-1] >= self.vocab_size:
+                raise ValueError(f"{source}: draft tokens must be sorted distinct ids in 0..{self.vocab_size - 1}")
+            tokens = tokens.to(torch.int64)
+        self.draft_tokens = tokens
 
 
 def run_layers(layers, x, position_ids, attention_mask, past: list[KV], cfg: ModelConfig):
@@ -188,15 +215,22 @@ class RecycleGPT(nn.Module):
         x = self.recycler.fuse(torch.cat([prev_hidden, embedded], dim=-1))  # (B, T, dim)
         x, present = run_layers(self.recycler.layers, x, position_ids, attention_mask, past, self.cfg)
         g = self.recycler.norm(x)  # (B, T, dim)
-        return StepOutput(self.logits(g, num_logits), g, present)
+        return StepOutput(self.logits(g, num_logits, self.recycler.draft_tokens), g, present)
 
-    def logits(self, hidden: torch.Tensor, num_logits) -> torch.Tensor:
-        """LM head on the last num_logits positions: (B, T, dim) -> (B, N, V).
+    def logits(self, hidden: torch.Tensor, num_logits, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """LM head on the last num_logits positions: (B, T, dim) -> (B, N, V); with `tokens`
+        (K ids), only those are scored and the rest get MASKED_LOGIT.
 
         Applied to a 2-D view so that ONNX gets Gemm(transB=1) on the very weight the
         embedding gathers from; a 3-D MatMul would make the exporter store a transposed
-        copy of a tied (V, dim) matrix.
+        copy of a tied (V, dim) matrix. With tokens, the exporter folds weight[tokens] into
+        a (K, dim) initializer of its own.
         """
         last = hidden[:, hidden.shape[1] - num_logits:]  # (B, N, dim)
         b, n, d = last.shape
-        return self.base.lm_head(last.reshape(b * n, d)).view(b, n, self.cfg.vocab_size)  # (B, N, V)
+        flat = last.reshape(b * n, d)  # (BN, dim)
+        if tokens is None:
+            return self.base.lm_head(flat).view(b, n, self.cfg.vocab_size)  # (B, N, V)
+        scores = F.linear(flat, self.base.lm_head.weight[tokens])  # (BN, K)
+        masked = torch.full((b * n, self.cfg.vocab_size), MASKED_LOGIT, dtype=scores.dtype)  # (BN, V)
+        return masked.scatter(1, tokens.expand(b * n, -1), scores).view(b, n, self.cfg.vocab_size)

@@ -133,3 +133,36 @@ def test_attach_and_save_recycler(tiny, tmp_path):
         attach_recycler(wider, tmp_path / "module.safetensors")
     with pytest.raises(CheckpointError, match="recyclable module .* not found"):
         attach_recycler(other, tmp_path / "missing.safetensors")
+
+
+def test_draft_vocabulary_scores_only_its_tokens_and_is_saved(tmp_path):
+    """With draft tokens, the module's logits equal the full LM head's on those tokens and
+    are MASKED_LOGIT elsewhere; checkpoints and module files keep the tokens."""
+    from recycle_export.checkpoint import attach_recycler, save_recycler
+    from recycle_export.model import MASKED_LOGIT
+    from tests.conftest import tiny_model
+
+    model = tiny_model(seed=5)
+    ids, past = torch.tensor([[4, 9, 30]]), model.empty_kv(1)
+    args = (ids, torch.randn(1, 3, TINY["dim"]), torch.arange(3)[None], torch.ones(1, 3, dtype=torch.int64), past)
+    full = model.recycle_step(*args, num_logits=3).logits
+    tokens = torch.arange(0, TINY["vocab_size"], 3)
+    model.recycler.set_draft_tokens(tokens)
+    draft = model.recycle_step(*args, num_logits=3).logits
+    assert torch.allclose(draft[..., tokens], full[..., tokens], atol=1e-5)
+    outside = torch.ones(TINY["vocab_size"], dtype=torch.bool)
+    outside[tokens] = False
+    assert (draft[..., outside] == MASKED_LOGIT).all()
+
+    save_checkpoint(Checkpoint(model, True), tmp_path / "ckpt")
+    assert torch.equal(load_checkpoint(tmp_path / "ckpt").model.recycler.draft_tokens, tokens)
+    save_recycler(model, tmp_path / "module.safetensors")
+    other = Checkpoint(tiny_model(seed=7), False)
+    attach_recycler(other, tmp_path / "module.safetensors")
+    assert torch.equal(other.model.recycler.draft_tokens, tokens)
+
+    for bad, message in ((torch.tensor([5, 3]), "sorted distinct ids"), (torch.tensor([3, 96]), "sorted distinct ids"),
+                         (torch.tensor([1.0, 2.0]), "1-D integer tensor")):
+        save_file({**load_file(tmp_path / "module.safetensors"), "draft_tokens": bad}, tmp_path / "bad.safetensors")
+        with pytest.raises(CheckpointError, match=message):
+            attach_recycler(other, tmp_path / "bad.safetensors")

@@ -178,3 +178,32 @@ def test_runtime_never_imports_torch(tiny_artifacts):
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_draft_vocabulary_runs_as_the_reference(tmp_path_factory):
+    """A module restricted to a draft vocabulary exports (validated against PyTorch inside
+    export), drafts only its tokens, and the runtime still equals the reference decoder;
+    verify still equals standard."""
+    from recycle_export.checkpoint import Checkpoint, save_checkpoint
+    from recycle_export.export import export
+    from tests.conftest import tiny_model
+
+    root = tmp_path_factory.mktemp("draft_vocab")
+    model = tiny_model(seed=3, vocab_size=8)
+    draft_tokens = [0, 2, 3, 5, 6]
+    model.recycler.set_draft_tokens(torch.tensor(draft_tokens))
+    save_checkpoint(Checkpoint(model, False), root / "ckpt")
+    export(root / "ckpt", root / "art")
+    gen = Generator.from_artifacts(root / "art", threads=1)
+    accepted = 0
+    for seed in range(4):
+        prompt = np.random.default_rng(seed).integers(0, 8, 4).tolist()
+        runs = {}
+        for strategy in ("standard", "alternate", "verify"):
+            runs[strategy] = gen.generate(prompt, Request(strategy, max_new_tokens=20, stop_token_ids=()))
+            ref = ReferenceDecoder(model).generate(prompt, strategy, max_new_tokens=20)
+            assert runs[strategy].tokens == ref.tokens
+        assert runs["verify"].tokens == runs["standard"].tokens
+        assert set(runs["alternate"].tokens[1::2]) <= set(draft_tokens)  # every 2nd token is the module's
+        accepted += runs["verify"].stats.drafts_accepted
+    assert accepted > 0
