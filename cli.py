@@ -160,8 +160,10 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Checkpoint (with tokenizer and chat template).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint to write, trained module attached.")
 @click.option("--module-out", type=click.Path(dir_okay=False), help="Also write the module alone, float16 safetensors.")
-@click.option("--train-prompts", type=int, default=512, show_default=True)
-@click.option("--heldout-prompts", type=int, default=48, show_default=True)
+@click.option("--train-prompts", type=int, default=512, show_default=True,
+              help="Training prompts from each template set (runtime/prompts.py; all of a smaller set).")
+@click.option("--heldout-prompts", type=int, default=48, show_default=True,
+              help="Held-out prompts (topics never trained on) from each template set.")
 @click.option("--max-new-tokens", type=int, default=160, show_default=True, help="Answer length per prompt.")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
@@ -179,10 +181,13 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--float32", "float32_steps", is_flag=True, help="Train in float32 (default: bfloat16 autocast).")
 @click.option("--init", type=click.Choice(["base-layer", "checkpoint"]), default="base-layer", show_default=True,
               help="Start the module from the base's last layer, or go on from the checkpoint's trained module.")
+@click.option("--draft-vocab", type=int, default=8192, show_default=True,
+              help="The module's LM head scores only the K tokens most frequent in the training answers "
+                   "(FR-Spec); 0: the whole vocabulary.")
 @click.option("--threads", type=int, default=None)
 def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_prompts, max_new_tokens, epochs,
                        batch_size, lr, distill_weight, feature_weight, logit_fraction, joint, seed, generation_dtype,
-                       float32_steps, init, threads) -> None:
+                       float32_steps, init, draft_vocab, threads) -> None:
     """Train the recyclable module on the base's own answers (resumes an interrupted run)."""
     from tqdm import tqdm
 
@@ -191,7 +196,8 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
 
     options = TrainOptions(train_prompts, heldout_prompts, max_new_tokens, epochs, batch_size, lr,
                            distill_weight, feature_weight, logit_fraction, joint, seed, threads=threads,
-                           generation_dtype=generation_dtype, bfloat16=not float32_steps, init=init)
+                           generation_dtype=generation_dtype, bfloat16=not float32_steps, init=init,
+                           draft_vocab=draft_vocab)
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -210,6 +216,8 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
         click.echo(f"held-out top-1 agreement before training: {before['top1_agreement']:.3f}")
     click.echo(f"held-out top-1 agreement: {after['top1_agreement']:.3f} (cross-entropy {after['cross_entropy']:.3f}, "
                f"{after['tokens']} answer tokens); took {report['seconds']['total']:.0f}s")
+    click.echo("  per template set: " + ", ".join(f"{name} {figures['top1_agreement']:.3f}"
+                                                   for name, figures in after["sets"].items()))
     if module_out:
         save_recycler(load_checkpoint(out).model, module_out)
         click.echo(f"wrote {module_out}")

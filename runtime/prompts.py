@@ -1,6 +1,8 @@
 """Prompts for self-distillation, evaluation and benchmarks: instruction templates x topics,
 written for this project (nothing is downloaded). Every 8th topic is held out of
-training, so held-out prompts share no topic with the training prompts."""
+training, so held-out prompts share no topic with the training prompts.
+The templates come in named sets; each set's prompts are shuffled on their own, so adding a
+set never reorders the prompts of another (and the answers generated for them stay valid)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,21 @@ TEMPLATES = (
     "Give a step-by-step explanation of {t}.", "What would the world be like without {t}?",
     "Write a news headline and a short article about {t}.", "What are five key terms related to {t}?",
 )
+# The second set: requests as people type them into a chat (stories, how-to, tips, several
+# questions in one), which the first set covers poorly.
+REQUEST_TEMPLATES = (
+    "Tell me about {t}.", "How does {t} work?", "Explain {t} in simple terms.",
+    "Give me three tips for someone interested in {t}.",
+    "Write a short story in which a young inventor discovers {t}.",
+    "What is {t}, and why is it important? Answer in a few sentences.",
+    "I want to learn about {t}. Where should I start?",
+    "Write a dialogue between two friends talking about {t}.",
+    "Give me a fun fact about {t} and explain it.",
+    "What are some common mistakes people make with {t}, and how can they avoid them?",
+    "Write a bedtime story for a child about {t}.",
+    "Describe {t} to someone who has never heard of it, then give an example.",
+)
+TEMPLATE_SETS = {"instructions": TEMPLATES, "requests": REQUEST_TEMPLATES}
 TOPICS = (
     "photosynthesis", "the moon", "volcanoes", "the water cycle", "gravity", "electricity",
     "the internet", "machine learning", "climate change", "the Roman Empire", "chess", "music theory",
@@ -66,9 +83,10 @@ TOPICS = (
 HELD_OUT_EVERY = 8  # every 8th topic is held out of training
 
 
-def prompts(split: str, seed: int = 0) -> list[str]:
-    """All template x topic prompts of a split ("train" or "heldout"), shuffled."""
+def prompts(split: str, template_set: str = "instructions", seed: int = 0) -> list[str]:
+    """All template x topic prompts of a split ("train" or "heldout") for one template set,
+    shuffled."""
     topics = [t for i, t in enumerate(TOPICS) if (i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == (split == "heldout")]
-    items = [template.format(t=topic) for topic in topics for template in TEMPLATES]
+    items = [template.format(t=topic) for topic in topics for template in TEMPLATE_SETS[template_set]]
     random.Random(seed).shuffle(items)
     return items

@@ -8,8 +8,9 @@ from recycle_export.checkpoint import load_checkpoint
 from recycle_export.train import TrainOptions, train_recycler
 from runtime.errors import CheckpointError, ConfigError
 
-OPTIONS = TrainOptions(train_prompts=24, heldout_prompts=8, max_new_tokens=16, epochs=3, batch_size=4,
-                       lr=3e-3, checkpoint_every=4, threads=2)
+# 12 prompts from each of the two template sets; a draft vocabulary of half the 96 tokens.
+OPTIONS = TrainOptions(train_prompts=12, heldout_prompts=4, max_new_tokens=16, epochs=3, batch_size=4,
+                       lr=3e-3, checkpoint_every=4, threads=2, draft_vocab=48)
 
 
 def test_training_learns_and_writes_a_trained_checkpoint(tiny_chat_checkpoint, tmp_path):
@@ -17,9 +18,12 @@ def test_training_learns_and_writes_a_trained_checkpoint(tiny_chat_checkpoint, t
     before, after = report["heldout_before"], report["heldout_after"]
     assert after["cross_entropy"] < before["cross_entropy"] - 0.2
     assert after["top1_agreement"] > before["top1_agreement"]
+    assert set(after["sets"]) == {"instructions", "requests"}
     loaded = load_checkpoint(tmp_path / "out")
     assert loaded.recycler_trained
-    assert json.loads((tmp_path / "out" / "training.json").read_text())["data"]["train_sequences"] == 24
+    assert len(loaded.model.recycler.draft_tokens) == 48
+    data = json.loads((tmp_path / "out" / "training.json").read_text())["data"]
+    assert data["train_sequences"] == {"instructions": 12, "requests": 12}
 
 
 def test_interrupted_training_resumes(tiny_chat_checkpoint, tmp_path, monkeypatch, caplog):
@@ -77,6 +81,23 @@ def test_invalid_options():
         TrainOptions(logit_fraction=0.0)
     with pytest.raises(ConfigError, match="generation_dtype must be one of"):
         TrainOptions(generation_dtype="int8")
+    with pytest.raises(ConfigError, match="draft_vocab must be >= 0"):
+        TrainOptions(draft_vocab=-1)
+
+
+def test_draft_vocabulary_is_the_most_frequent_answer_tokens():
+    import torch
+
+    from recycle_export.distill_data import Sequence
+    from recycle_export.train import draft_vocabulary
+
+    def seq(tokens, prompt_len):
+        return Sequence(torch.tensor(tokens), torch.zeros(len(tokens) - 1, 4), prompt_len)
+
+    # Prompt tokens (9, 9, 9) do not count; 7 is most frequent, 1 and 4 tie (the lower id wins).
+    seqs = [seq([9, 9, 9, 7, 4, 7], 3), seq([9, 7, 1, 5], 1)]
+    assert draft_vocabulary(seqs, 10, 3).tolist() == [1, 4, 7]
+    assert draft_vocabulary(seqs, 10, 0) is None and draft_vocabulary(seqs, 10, 10) is None
 
 
 def test_loss_terms_each_train_the_module(tiny_chat_checkpoint):
@@ -109,7 +130,8 @@ def test_training_goes_on_from_a_trained_module(tiny_chat_checkpoint, tmp_path):
     stamps = [p.stat().st_mtime_ns for p in shards]
     # In place (--model and --out the same checkpoint), so that the data shards are reused.
     again = train_recycler(tmp_path / "first", tmp_path / "first", dataclasses.replace(OPTIONS, init="checkpoint"))
-    assert again["heldout_before"] == pytest.approx(first["heldout_after"])  # it started where the first ended
+    # It started where the first ended (draft vocabulary included).
+    assert again["heldout_before"]["top1_agreement"] == pytest.approx(first["heldout_after"]["top1_agreement"])
     assert [p.stat().st_mtime_ns for p in shards] == stamps
     assert load_checkpoint(tmp_path / "first").recycler_trained
     with pytest.raises(CheckpointError, match="no trained recyclable module"):
