@@ -238,6 +238,8 @@ def _manifest(ckpt: Checkpoint, cfg, dims: C.Dims, options: ExportOptions, model
         "tokenizer": "tokenizer.json" if ckpt.tokenizer_json is not None else None,
         "generation": ckpt.generation.to_dict(),
         "recycler_trained": ckpt.recycler_trained,
+        # Tokens the module's LM head scores (Recycler.draft_tokens); null: all of them.
+        "draft_vocab": None if ckpt.model.recycler.draft_tokens is None else len(ckpt.model.recycler.draft_tokens),
         "warnings": warnings_,
         "source": {"checkpoint": str(Path(model_path).resolve())},
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__,

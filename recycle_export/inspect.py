@@ -34,7 +34,8 @@ def describe(folder: Path) -> str:
     lines = [f"{folder}: {m['format']} v{m['format_version']}, dtype {m['dtype']}, opset {m['opset']}",
              f"model: {cfg['n_layers']} base layers + {cfg['recycle_layers']} module layer(s), dim {cfg['dim']}, "
              f"heads {cfg['n_heads']}/{cfg['n_kv_heads']} kv, vocab {cfg['vocab_size']}, "
-             f"max_seq_len {cfg['max_seq_len']}, recycler trained: {m['recycler_trained']}"]
+             f"max_seq_len {cfg['max_seq_len']}, recycler trained: {m['recycler_trained']}, module drafts from "
+             + (f"{m['draft_vocab']} tokens" if m.get("draft_vocab") else "the whole vocabulary")]
     kv = m["kv"]
     lines.append(f"KV ({kv['contract']}): layout {kv['layout']}, {kv['dtype']}, base layers "
                  f"{kv['base_layers'][0]}..{kv['base_layers'][1] - 1}, module layers "

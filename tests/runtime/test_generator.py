@@ -186,6 +186,7 @@ def test_draft_vocabulary_runs_as_the_reference(tmp_path_factory):
     verify still equals standard."""
     from recycle_export.checkpoint import Checkpoint, save_checkpoint
     from recycle_export.export import export
+    from recycle_export.inspect import describe
     from tests.conftest import tiny_model
 
     root = tmp_path_factory.mktemp("draft_vocab")
@@ -194,6 +195,8 @@ def test_draft_vocabulary_runs_as_the_reference(tmp_path_factory):
     model.recycler.set_draft_tokens(torch.tensor(draft_tokens))
     save_checkpoint(Checkpoint(model, False), root / "ckpt")
     export(root / "ckpt", root / "art")
+    assert json.loads((root / "art" / "manifest.json").read_text())["draft_vocab"] == 5
+    assert "module drafts from 5 tokens" in describe(root / "art")
     gen = Generator.from_artifacts(root / "art", threads=1)
     accepted = 0
     for seed in range(4):
