@@ -347,11 +347,13 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
 @main.command("eval")
 @click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
 @click.option("--prompts", "count", type=int, default=32, show_default=True, help="Held-out prompts to use.")
+@click.option("--template-set", type=click.Choice(["instructions", "requests"]), default="instructions",
+              show_default=True, help="Which template set of runtime/prompts.py the held-out prompts come from.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--engine", default=None, help="An engine built under the artifacts (`cli.py build`), e.g. cpu-int4; default: the exported graphs on the CPU.")
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
-def eval_cmd(artifacts, count, max_new_tokens, engine, threads, json_path) -> None:
+def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, json_path) -> None:
     """Module quality on held-out prompts: top-1 agreement, verify acceptance, alternate's NLL cost."""
     import dataclasses
     import json
@@ -363,14 +365,14 @@ def eval_cmd(artifacts, count, max_new_tokens, engine, threads, json_path) -> No
     from runtime.generator import Generator
     from runtime.prompts import prompts
 
-    held_out = prompts("heldout")
+    held_out = prompts("heldout", template_set)
     if not 1 <= count <= len(held_out):
         raise GenerationError(f"--prompts must be in 1..{len(held_out)}, got {count}")
     generator = Generator.from_artifacts(artifacts, engine, threads)
     ids = [generator.encode(text, chat=True) for text in held_out[:count]]
     with tqdm(total=count, desc="eval", disable=None) as bar:
         figures = evaluate(generator, ids, max_new_tokens, lambda done, total: bar.update(done - bar.n))
-    click.echo(f"held-out prompts: {figures.prompts} (topics never seen in training)")
+    click.echo(f"held-out prompts: {figures.prompts} of the {template_set} set (topics never seen in training)")
     click.echo(f"top-1 agreement with the base: {figures.top1_agreement:.3f} over {figures.agreement_tokens} tokens")
     click.echo(f"verify acceptance (greedy): {figures.verify_acceptance:.3f}")
     click.echo(f"NLL per token under the base: standard {figures.nll_standard:.4f}, alternate "
