@@ -24,12 +24,14 @@ def test_runtime_equals_reference(smollm_artifacts, smollm_checkpoint, strategy)
 
 def test_committed_module_is_trained(smollm_artifacts, smollm_checkpoint):
     """The module in models/ accepts a fair share of drafts (untrained: about none; the
-    committed module: 37 of 59 on these two prompts)."""
+    committed module: 38 of 57 on these two prompts) and drafts from its 8192-token
+    vocabulary."""
     assert smollm_checkpoint[1].recycler_trained
+    assert len(smollm_checkpoint[1].model.recycler.draft_tokens) == 8192
     generator = Generator.from_artifacts(smollm_artifacts, check_hashes=False)
     proposed = accepted = 0
     for question in ("Explain how rainbows form.", "Write a short poem about the sea."):
         stats = generator.generate(generator.encode(question, chat=True),
                                    Request("verify", max_new_tokens=48)).stats
         proposed, accepted = proposed + stats.drafts_proposed, accepted + stats.drafts_accepted
-    assert accepted / proposed > 0.4
+    assert accepted / proposed > 0.5
