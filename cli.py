@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from runtime.errors import RecycleExportError
+from runtime.prompts import TEMPLATE_SETS
 
 
 class _Group(click.Group):
@@ -347,7 +348,7 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
 @main.command("eval")
 @click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
 @click.option("--prompts", "count", type=int, default=32, show_default=True, help="Held-out prompts to use.")
-@click.option("--template-set", type=click.Choice(["instructions", "requests"]), default="instructions",
+@click.option("--template-set", type=click.Choice(list(TEMPLATE_SETS)), default="instructions",
               show_default=True, help="Which template set of runtime/prompts.py the held-out prompts come from.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--engine", default=None, help="An engine built under the artifacts (`cli.py build`), e.g. cpu-int4; default: the exported graphs on the CPU.")

@@ -1,6 +1,7 @@
 """Prompts for self-distillation, evaluation and benchmarks: instruction templates x topics,
 written for this project (nothing is downloaded). Every 8th topic is held out of
 training, so held-out prompts share no topic with the training prompts.
+
 The templates come in named sets; each set's prompts are shuffled on their own, so adding a
 set never reorders the prompts of another (and the answers generated for them stay valid)."""
 
