@@ -14,6 +14,7 @@ import click
 
 from runtime.errors import RecycleExportError
 from runtime.prompts import TEMPLATE_SETS
+from runtime.request import STRATEGIES
 
 
 class _Group(click.Group):
@@ -81,7 +82,7 @@ def export(model_path, out, dtype, opset, max_seq_len) -> None:
 
         manifest = run_export(model_path, out, options, progress)
     click.echo(f"wrote {out} in {time.perf_counter() - start:.1f}s")
-    _echo_validation(manifest["validation"])
+    _echo_validation(manifest.validation)
 
 
 def _echo_validation(validation: dict) -> None:
@@ -103,14 +104,14 @@ def validate(artifacts, model_path) -> None:
     """Run both graphs under ONNX Runtime against the PyTorch model; record the figures."""
     from recycle_export.validate import validate_artifacts
 
-    _echo_validation(validate_artifacts(artifacts, model_path)["validation"])
+    _echo_validation(validate_artifacts(artifacts, model_path).validation)
 
 
 @main.command()
 @click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
 def inspect(artifacts) -> None:
     """Print the graphs' inputs and outputs, the KV description and the validation figures."""
-    from recycle_export.inspect import describe
+    from recycle_export.describe import describe
 
     click.echo(describe(artifacts))
 
@@ -137,6 +138,7 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
     from tqdm import tqdm
 
     from engines.build import build as run_build
+    from runtime.engines import engine_dir
     from engines.targets import TARGETS
 
     options = {}
@@ -148,10 +150,10 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
             bar.set_description(stage)
             bar.update(1)
 
-        data = run_build(artifacts, target, precision, progress, **options)
-    folder = Path(artifacts) / "engines" / f"{data['target']}-{data['precision']}"
-    click.echo(f"wrote {folder} ({data['backend']} {data['backend_version']}) in {time.perf_counter() - start:.1f}s")
-    for graph, figures in (data.get("accuracy") or {}).items():
+        record = run_build(artifacts, target, precision, progress, **options)
+    folder = engine_dir(artifacts, f"{record.target}-{record.precision}")
+    click.echo(f"wrote {folder} ({record.backend} {record.backend_version}) in {time.perf_counter() - start:.1f}s")
+    for graph, figures in (record.accuracy or {}).items():
         if isinstance(figures, dict):
             click.echo(f"  {graph}: max |logit diff| {figures['max_abs_logit_diff']:.3f}, "
                        f"next-token agreement {figures['next_token_agreement']:.3f} vs the float graphs")
@@ -229,7 +231,7 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
 @click.option("--model", "model_path", type=click.Path(), help="Checkpoint: decode with the PyTorch reference.")
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
-@click.option("--strategy", type=click.Choice(["standard", "alternate", "verify"]), default="standard",
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="standard",
               show_default=True)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
@@ -280,13 +282,14 @@ def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temp
 def _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_tokens) -> None:
     from recycle_export.checkpoint import load_checkpoint
     from recycle_export.reference import ReferenceDecoder
+    from runtime.request import Request
     from runtime.tokenizer import TextCodec
 
     ckpt = load_checkpoint(model_path)
     codec = TextCodec.from_json(ckpt.tokenizer_json, ckpt.generation.chat_template, source=model_path)
     ids = codec.encode(prompt, chat=chat)
-    result = ReferenceDecoder(ckpt.model).generate(
-        ids, strategy, sampling, max_new_tokens, ckpt.generation.eos_token_ids)
+    result = ReferenceDecoder(ckpt.model, ckpt.generation.eos_token_ids).generate(
+        ids, Request(strategy, sampling, max_new_tokens))
     click.echo(codec.decode(result.tokens))
     st = result.stats
     click.echo(f"[{strategy}, PyTorch reference] {len(result.tokens)} tokens, finish: {result.finish_reason}, "
@@ -296,7 +299,7 @@ def _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_to
 
 @main.command()
 @click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
-@click.option("--strategies", default="standard,alternate,verify", show_default=True)
+@click.option("--strategies", default=",".join(STRATEGIES), show_default=True)
 @click.option("--prompt", "prompts", multiple=True, help="Prompt (repeatable; default: four built-in chat prompts).")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--repeats", type=int, default=5, show_default=True)
@@ -317,10 +320,10 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
     from runtime.errors import GenerationError
 
     names = tuple(s.strip() for s in strategies.split(",") if s.strip())
-    unknown = [s for s in names if s not in ("standard", "alternate", "verify")]
+    unknown = [s for s in names if s not in STRATEGIES]
     if unknown or not names:
         raise GenerationError(f"unknown strategy {unknown[0] if unknown else strategies!r}; "
-                              "expected standard, alternate or verify")
+                              f"expected some of {', '.join(STRATEGIES)}")
     if repeats < 1:
         raise GenerationError(f"--repeats must be >= 1, got {repeats}")
     from runtime.generator import Generator
@@ -336,11 +339,11 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
     click.echo(table(figures))
     manifest = generator.artifacts.manifest
     context = {"artifacts": str(artifacts), "engine": engine or "exported graphs (onnxruntime CPU)",
-               "dtype": manifest["dtype"], "machine": platform.processor() or platform.machine(),
+               "dtype": manifest.dtype, "machine": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "threads": threads, "prompts": len(ids),
                "max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup}
     write_json(figures, json_path, context)
-    write_chart(figures, chart_path, f"{Path(artifacts).name} ({engine or manifest['dtype'] + ' graphs'}, "
+    write_chart(figures, chart_path, f"{Path(artifacts).name} ({engine or manifest.dtype + ' graphs'}, "
                                      f"{context['cores']} cores): {max_new_tokens} new tokens x {len(ids)} prompts")
     click.echo(f"wrote {json_path} and {chart_path}")
 

@@ -4,18 +4,54 @@ provider settings for onnxruntime-gpu targets (CUDA, TensorRT EP)."""
 from __future__ import annotations
 
 import logging
+import platform
 from pathlib import Path
+from typing import Callable
 
 from engines.onnx_graphs import unshare_lm_head
 from engines.targets import Target
+from runtime import contract as C
 from runtime.artifacts import Artifacts
+from runtime.engines import ENGINE_JSON, EngineRecord
 from runtime.errors import EngineBuildError
+from runtime.files import hash_files, staged_folder
 
 log = logging.getLogger(__name__)
 
 INT4_BLOCK = 32  # weights per scale: the granularity onnxruntime-genai uses for CPU int4
 # MatMulNBits accuracy level 4: int8 activations in the dot products, the fast CPU path.
 INT4_ACCURACY_LEVEL = 4
+ACCURACY_PROMPTS = 8  # held-out prompts (with the float graphs' greedy answers) per quantized build
+ACCURACY_ANSWER_TOKENS = 32
+
+
+def build_session_files(artifacts: Artifacts, target: Target, precision: str, out: Path,
+                        progress: Callable[[str], None] = lambda stage: None) -> EngineRecord:
+    """Write the ONNX Runtime build of both graphs into the engine folder `out`, with its
+    engine.json; quantized CPU builds also record their accuracy against the float graphs.
+
+    Raises:
+        EngineBuildError: this onnxruntime lacks the target's providers, or the build fails.
+    """
+    import onnxruntime
+
+    check_providers(target)
+    with staged_folder(out, ENGINE_JSON) as tmp:
+        graphs = {}
+        for name in C.graphs(artifacts.dims):
+            progress(f"building {name} ({precision})")
+            graphs[name] = f"{name}.onnx"
+            build_graph(artifacts.graph_path(name), tmp / graphs[name], target, precision)
+        accuracy = None
+        if target.name == "cpu" and precision != "fp32":
+            progress("measuring accuracy against the float graphs")
+            accuracy = accuracy_report(artifacts, tmp, graphs, _accuracy_prompts(artifacts))
+        device = {"name": platform.processor() or platform.machine(), "compute_capability": None}
+        record = EngineRecord.create(artifacts, target.name, precision, "onnxruntime", onnxruntime.__version__,
+                                     device, graphs, hash_files(tmp),
+                                     session=session_settings(target, precision, out), accuracy=accuracy)
+        record.write(tmp)
+    return record
 
 
 def session_settings(target: Target, precision: str, folder: Path) -> dict:
@@ -104,3 +140,19 @@ def accuracy_report(artifacts: Artifacts, folder: Path, graphs: dict[str, str],
     report["sequences"] = len(sequences)
     report["positions"] = total
     return report
+
+
+def _accuracy_prompts(artifacts: Artifacts) -> list[tuple[list[int], list[int]]]:
+    """Held-out chat prompts with the float graphs' own greedy answers. Without a
+    tokenizer: fixed token ids as prompts."""
+    from runtime.generator import Generator
+    from runtime.prompts import prompts
+    from runtime.request import Request
+
+    with Generator.from_artifacts(artifacts.folder, check_hashes=False) as generator:
+        if generator.codec is None:
+            ids = [[(7 * i + 3 * j) % artifacts.dims.vocab_size for j in range(8)] for i in range(ACCURACY_PROMPTS)]
+        else:
+            ids = [generator.encode(text, chat=True) for text in prompts("heldout")[:ACCURACY_PROMPTS]]
+        request = Request(max_new_tokens=ACCURACY_ANSWER_TOKENS, stop_token_ids=())
+        return [(prompt, generator.generate(prompt, request).tokens) for prompt in ids]

@@ -1,7 +1,7 @@
 """TensorRT optimization profiles derived from the contract and the maximum sequence length.
 
 Two profiles per graph, as decoding has two regimes:
-- "decode" (profile 0): 1 to DECODE_MAX_NEW new tokens (alternate and verify take 2) over
+- "decode" (profile 0): 1 to contract.DECODE_MAX_NEW new tokens (alternate and verify take 2) over
   a past of 0 to max_seq_len - 1 positions;
 - "prefill" (profile 1): a whole prompt (1 to max_seq_len tokens, opt PREFILL_OPT) over an
   empty past.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtime import contract as C
-from runtime.backends.tensorrt import DECODE_MAX_NEW, select_profile  # noqa: F401  (the runtime's side)
+from runtime.errors import EngineBuildError
 
 PREFILL_OPT = 128
 
@@ -28,9 +28,11 @@ class Profile:
 
 
 def dimension_ranges(max_seq_len: int, max_batch: int) -> dict[str, dict[str, tuple[int, int, int]]]:
-    if max_seq_len < DECODE_MAX_NEW + 1:
-        raise ValueError(f"max_seq_len {max_seq_len} is too small for a decode profile")
-    decode = {C.BATCH: (1, 1, max_batch), C.NEW: (1, 2, DECODE_MAX_NEW),
+    """Raises: EngineBuildError when max_seq_len leaves no room for a decode step."""
+    if max_seq_len < C.DECODE_MAX_NEW + 1:
+        raise EngineBuildError(f"max_seq_len {max_seq_len} is too small for a decode profile: it must be at "
+                               f"least {C.DECODE_MAX_NEW + 1}; re-export with a larger --max-seq-len")
+    decode = {C.BATCH: (1, 1, max_batch), C.NEW: (1, 2, C.DECODE_MAX_NEW),
               C.PAST: (0, max_seq_len // 2, max_seq_len - 1)}
     prefill = {C.BATCH: (1, 1, max_batch), C.NEW: (1, min(PREFILL_OPT, max_seq_len), max_seq_len),
                C.PAST: (0, 0, 0)}

@@ -10,31 +10,23 @@ there); benchmarks/tensorrt_gpu.py is the end-to-end check to run on a GPU machi
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
 from engines.profiles import derive_profiles, profiles_json
 from engines.targets import Target
-from recycle_export.artifacts import hash_files, staged_folder, write_json
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.backends.tensorrt import import_tensorrt, make_logger
 from runtime.cuda import device_properties
-from runtime.engines import ENGINE_JSON
+from runtime.engines import ENGINE_JSON, EngineRecord
 from runtime.errors import EngineBuildError
+from runtime.files import hash_files, staged_folder, write_bytes
 
 log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 4 << 30
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "recycle-export" / "tensorrt.timing-cache"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def check_part(target: Target, device: dict, precision: str) -> None:
@@ -96,11 +88,10 @@ def build_plans(artifacts: Artifacts, target: Target, precision: str, out: Path,
     """Build full_step.plan and recycle_step.plan for `target` into the engine folder `out`.
 
     Raises:
-        EngineBuildError: no TensorRT, cuda-python or GPU; the GPU is not the target's part;
-            a parser or builder error (all messages included); int8/fp8 without Q/DQ.
+        DeviceError: no TensorRT, cuda-python or GPU, or a CUDA call fails.
+        EngineBuildError: the GPU is not the target's part; a parser or builder error (all
+            messages included); int8/fp8 without Q/DQ.
     """
-    from engines.build import engine_json
-
     trt = import_tensorrt()
     device = device_properties(0)
     check_part(target, device, precision)
@@ -121,12 +112,11 @@ def build_plans(artifacts: Artifacts, target: Target, precision: str, out: Path,
             if plan is None:
                 raise EngineBuildError(f"TensorRT failed to build {name}:\n  " + "\n  ".join(logger.errors))
             graphs[name] = f"{name}.plan"
-            _write_atomic(tmp / graphs[name], bytes(plan))
+            write_bytes(tmp / graphs[name], bytes(plan))
             cache_bytes = bytes(config.get_timing_cache().serialize())
-            _write_atomic(cache_path, cache_bytes)
+            write_bytes(cache_path, cache_bytes)
             profiles[name] = profiles_json(spec, max_seq_len, max_batch)
-        data = engine_json(artifacts, target.name, precision, "tensorrt", trt.__version__, device, graphs, profiles)
-        data["timing_cache"] = str(cache_path)
-        data["files"] = hash_files(tmp)
-        write_json(tmp / ENGINE_JSON, data)
-    return data
+        record = EngineRecord.create(artifacts, target.name, precision, "tensorrt", trt.__version__, device,
+                                     graphs, hash_files(tmp), profiles=profiles, timing_cache=str(cache_path))
+        record.write(tmp)
+    return record

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +24,10 @@ from safetensors.torch import load_file, save_file
 
 from recycle_export.config import ModelConfig
 from recycle_export.model import RecycleGPT
+from runtime.artifacts import GenerationRecord
 from runtime.errors import CheckpointError, ConfigError
+from runtime.files import atomic_path, staged_folder, write_json, write_text
+from runtime.records import Fields
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +36,11 @@ FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-@dataclass(frozen=True)
-class GenerationInfo:
-    """Token ids and chat template the decoders need besides the weights."""
-
-    bos_token_id: int | None = None
-    eos_token_ids: tuple[int, ...] = ()
-    pad_token_id: int | None = None
-    chat_template: str | None = None
-
-    def to_dict(self) -> dict:
-        return {"bos_token_id": self.bos_token_id, "eos_token_ids": list(self.eos_token_ids),
-                "pad_token_id": self.pad_token_id, "chat_template": self.chat_template}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "GenerationInfo":
-        return cls(data.get("bos_token_id"), tuple(data.get("eos_token_ids") or ()),
-                   data.get("pad_token_id"), data.get("chat_template"))
-
-
 @dataclass
 class Checkpoint:
     model: RecycleGPT
     recycler_trained: bool
-    generation: GenerationInfo = field(default_factory=GenerationInfo)
+    generation: GenerationRecord = field(default_factory=GenerationRecord)
     tokenizer_json: str | None = None  # the tokenizer file's text
 
     @property
@@ -95,22 +76,14 @@ def save_checkpoint(ckpt: Checkpoint, out: Path) -> None:
     base = {k: v.contiguous() for k, v in model.base.state_dict().items()}
     if model.cfg.tie_embeddings:
         del base["lm_head.weight"]  # the same tensor as embed_tokens.weight
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    with staged_folder(out, "config.json") as tmp:
+        write_json(tmp / "config.json", config)
         save_file(base, tmp / "base.safetensors")
         save_file({k: v.contiguous() for k, v in model.recycler.state_dict().items()},
                   tmp / "recycler.safetensors")
-        (tmp / "generation.json").write_text(json.dumps(ckpt.generation.to_dict(), indent=2) + "\n")
+        write_json(tmp / "generation.json", ckpt.generation.to_json())
         if ckpt.tokenizer_json is not None:
-            (tmp / "tokenizer.json").write_text(ckpt.tokenizer_json)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            write_text(tmp / "tokenizer.json", ckpt.tokenizer_json)
 
 
 def _is_our_checkpoint(path: Path) -> bool:
@@ -211,9 +184,11 @@ def _load_ours(path: Path) -> Checkpoint:
         if not file.is_file():
             raise CheckpointError(f"{path}: missing {file.name}")
         (_assign_recycler if part == "recycler" else assign_tensors)(module, _read_tensors([file]), str(file))
-    generation = GenerationInfo()
+    generation = GenerationRecord()
     if (path / "generation.json").is_file():
-        generation = GenerationInfo.from_dict(_read_json(path / "generation.json", "generation.json"))
+        generation = GenerationRecord.from_json(Fields(_read_json(path / "generation.json", "generation.json"),
+                                                       str(path / "generation.json"), "fix or remove the file",
+                                                       error=CheckpointError))
     tokenizer = (path / "tokenizer.json").read_text() if (path / "tokenizer.json").is_file() else None
     if not trained:
         log.warning("the recyclable module of %s was never trained: alternate will produce poor "
@@ -247,12 +222,9 @@ def _assign_recycler(recycler: torch.nn.Module, tensors: dict[str, torch.Tensor]
 
 def save_recycler(model: RecycleGPT, file: Path, dtype: torch.dtype = torch.float16) -> None:
     """Write the recyclable module alone (float16 by default: a few MB for a small model)."""
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.tmp")
-    save_file({k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
-               for k, v in model.recycler.state_dict().items()}, tmp)
-    os.replace(tmp, file)
+    with atomic_path(file) as tmp:
+        save_file({k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+                   for k, v in model.recycler.state_dict().items()}, tmp)
 
 
 def config_from_hf(hf: dict, source: str) -> ModelConfig:
@@ -315,6 +287,6 @@ def _load_hf(path: Path) -> Checkpoint:
     template = None
     if (path / "tokenizer_config.json").is_file():
         template = _read_json(path / "tokenizer_config.json", "tokenizer_config.json").get("chat_template")
-    generation = GenerationInfo(hf.get("bos_token_id"), eos_ids, hf.get("pad_token_id"), template)
+    generation = GenerationRecord(hf.get("bos_token_id"), eos_ids, hf.get("pad_token_id"), template)
     tokenizer = (path / "tokenizer.json").read_text() if (path / "tokenizer.json").is_file() else None
     return Checkpoint(model, False, generation, tokenizer)

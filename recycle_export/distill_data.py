@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from recycle_export.model import RecycleGPT
+from runtime.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,8 @@ def save_sequences(sequences: list[Sequence], path: Path) -> None:
         tensors[f"{i}.tokens"] = s.tokens.to(torch.int32)
         tensors[f"{i}.hidden"] = s.hidden
         tensors[f"{i}.prompt_len"] = torch.tensor([s.prompt_len], dtype=torch.int32)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp)
 
 
 def load_sequences(path: Path) -> list[Sequence]:

@@ -16,20 +16,20 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
-from recycle_export.artifacts import hash_files, staged_folder, write_json
 from recycle_export.checkpoint import Checkpoint, load_checkpoint
+from recycle_export.graphs import TORCH_DTYPES, example_inputs, graph_module
 from recycle_export.model import RecycleGPT
+from recycle_export.validate import check_passed, validate_graphs
 from runtime import contract as C
-from runtime.artifacts import FORMAT, FORMAT_VERSION, MANIFEST
+from runtime.artifacts import MANIFEST, GraphRecord, Manifest
 from runtime.errors import ArtifactError
+from runtime.files import hash_files, staged_folder
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_OPSETS = range(14, 21)  # 14: Trilu-free attention and the shape ops we use; 20: newest the tracer emits
 DEFAULT_OPSET = 17
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # Graphs whose weights exceed this go to ONNX external data (protobuf caps a file at 2 GiB).
 EXTERNAL_DATA_BYTES = 1 << 30
 
@@ -49,65 +49,6 @@ class ExportOptions:
                                 f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
         if self.max_seq_len is not None and self.max_seq_len < 2:
             raise ArtifactError(f"max_seq_len must be at least 2, got {self.max_seq_len}")
-
-
-def _pairs(flat: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-
-
-def _flat(present) -> list[torch.Tensor]:
-    return [t for kv in present for t in kv]
-
-
-class FullStepGraph(nn.Module):
-    """full_step.onnx: inputs and outputs in the contract's order."""
-
-    def __init__(self, model: RecycleGPT):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, position_ids, attention_mask, num_logits, *past):
-        out = self.model.base_step(input_ids, position_ids, attention_mask, _pairs(past), num_logits[0])
-        return (out.logits, out.hidden, *_flat(out.present))
-
-
-class RecycleStepGraph(nn.Module):
-    """recycle_step.onnx: inputs and outputs in the contract's order."""
-
-    def __init__(self, model: RecycleGPT):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, hidden_states, position_ids, attention_mask, num_logits, *past):
-        out = self.model.recycle_step(input_ids, hidden_states, position_ids, attention_mask,
-                                      _pairs(past), num_logits[0])
-        return (out.logits, out.hidden, *_flat(out.present))
-
-
-def graph_module(model: RecycleGPT, name: str) -> nn.Module:
-    return {C.FULL_STEP: FullStepGraph, C.RECYCLE_STEP: RecycleStepGraph}[name](model).eval()
-
-
-def example_inputs(spec: C.GraphContract, sizes: dict[str, int], dtype: torch.dtype,
-                   vocab_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """Inputs for every tensor of the contract, with symbolic dimensions set from `sizes`
-    (batch, new, past, num_logits). Positions continue the past; the mask is all ones."""
-    batch, new, past = sizes[C.BATCH], sizes[C.NEW], sizes[C.PAST]
-    dims = {**sizes, C.TOTAL: past + new}
-    tensors = []
-    for t in spec.inputs:
-        shape = [dims[d] if isinstance(d, str) else d for d in t.shape]
-        if t.name == C.INPUT_IDS:
-            tensors.append(torch.randint(0, vocab_size, shape, generator=gen))
-        elif t.name == C.POSITION_IDS:
-            tensors.append(torch.arange(past, past + new).repeat(batch, 1))
-        elif t.name == C.ATTENTION_MASK:
-            tensors.append(torch.ones(shape, dtype=torch.long))
-        elif t.name == C.NUM_LOGITS_INPUT:
-            tensors.append(torch.tensor([sizes[C.NUM_LOGITS]]))
-        else:  # hidden states and KV
-            tensors.append(torch.randn(shape, generator=gen).to(dtype))
-    return tensors
 
 
 def _dynamic_axes(spec: C.GraphContract) -> dict[str, dict[int, str]]:
@@ -191,8 +132,6 @@ def export(model_path: Path, out: Path, options: ExportOptions = ExportOptions()
         ValidationError: a graph disagrees with PyTorch beyond the dtype's tolerance
             (nothing is written then).
     """
-    from recycle_export.validate import check_passed, validate_graphs
-
     with staged_folder(out, MANIFEST) as tmp:
         progress("loading checkpoint")
         ckpt = load_checkpoint(model_path)
@@ -207,16 +146,16 @@ def export(model_path: Path, out: Path, options: ExportOptions = ExportOptions()
             trace_graph(model, spec, tmp / f"{name}.onnx", options.opset, options.external_data_bytes)
         if ckpt.tokenizer_json is not None:
             (tmp / "tokenizer.json").write_text(ckpt.tokenizer_json)
-        manifest = _manifest(ckpt, cfg, dims, options, model_path)
         progress("validating against PyTorch")
-        manifest["validation"] = validate_graphs(tmp, reference, dims)
-        check_passed(manifest["validation"])  # a failure discards the staged folder
-        manifest["files"] = hash_files(tmp)
-        write_json(tmp / MANIFEST, manifest)
+        validation = validate_graphs(tmp, reference, dims)
+        check_passed(validation)  # a failure discards the staged folder
+        manifest = _manifest(ckpt, cfg, dims, options, model_path, validation, hash_files(tmp))
+        manifest.write(tmp)
     return manifest
 
 
-def _manifest(ckpt: Checkpoint, cfg, dims: C.Dims, options: ExportOptions, model_path: Path) -> dict:
+def _manifest(ckpt: Checkpoint, cfg, dims: C.Dims, options: ExportOptions, model_path: Path,
+              validation: dict, files: dict[str, str]) -> Manifest:
     import onnx
     import onnxruntime
 
@@ -225,26 +164,17 @@ def _manifest(ckpt: Checkpoint, cfg, dims: C.Dims, options: ExportOptions, model
         warnings_.append("the recyclable module was never trained: alternate will produce poor "
                          "text and verify will accept few drafts")
         log.warning("exporting an untrained recyclable module: %s", warnings_[-1])
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": cfg.to_dict(),
-        "dtype": options.dtype,
-        "opset": options.opset,
-        "kv": C.kv_description(dims),
-        "graphs": {name: {"file": f"{name}.onnx", "inputs": [dataclasses.asdict(t) for t in spec.inputs],
-                          "outputs": [dataclasses.asdict(t) for t in spec.outputs]}
-                   for name, spec in C.graphs(dims).items()},
-        "tokenizer": "tokenizer.json" if ckpt.tokenizer_json is not None else None,
-        "generation": ckpt.generation.to_dict(),
-        "recycler_trained": ckpt.recycler_trained,
-        # Tokens the module's LM head scores (Recycler.draft_tokens); null: all of them.
-        "draft_vocab": None if ckpt.model.recycler.draft_tokens is None else len(ckpt.model.recycler.draft_tokens),
-        "warnings": warnings_,
-        "source": {"checkpoint": str(Path(model_path).resolve())},
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
-                     "onnxruntime": onnxruntime.__version__, "recycle_export": _version()},
-    }
+    draft_tokens = ckpt.model.recycler.draft_tokens
+    return Manifest(
+        config=cfg.to_dict(), dtype=options.dtype, opset=options.opset, kv=C.kv_description(dims),
+        graphs={name: GraphRecord.from_contract(spec) for name, spec in C.graphs(dims).items()},
+        tokenizer="tokenizer.json" if ckpt.tokenizer_json is not None else None,
+        generation=ckpt.generation, recycler_trained=ckpt.recycler_trained,
+        draft_vocab=None if draft_tokens is None else len(draft_tokens), warnings=tuple(warnings_),
+        source={"checkpoint": str(Path(model_path).resolve())},
+        versions={"torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__, "recycle_export": _version()},
+        validation=validation, files=files)
 
 
 def _version() -> str:

@@ -15,7 +15,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from recycle_export.checkpoint import Checkpoint, GenerationInfo, assign_tensors, attach_recycler, new_model
+from recycle_export.checkpoint import Checkpoint, assign_tensors, attach_recycler, new_model
+
+from runtime.artifacts import GenerationRecord
 from recycle_export.config import ModelConfig
 from runtime.errors import CheckpointError, ConfigError, GGUFError
 
@@ -186,7 +188,7 @@ def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, 
     eos = fields.get("tokenizer.ggml.eos_token_id")
     eot = fields.get("tokenizer.ggml.eot_token_id")
     eos_ids = tuple(dict.fromkeys(int(t) for t in (eos, eot) if t is not None))
-    generation = GenerationInfo(
+    generation = GenerationRecord(
         bos_token_id=fields.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=eos_ids,
         pad_token_id=fields.get("tokenizer.ggml.padding_token_id"),

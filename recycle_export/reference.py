@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from recycle_export.model import KV, RecycleGPT
-from runtime.errors import GenerationError
-from runtime.generator import STRATEGIES, Stats  # the same records as the runtime's
+from runtime.request import STRATEGIES, Request, Stats, check_request  # the same records as the runtime's
 from runtime.sampling import SamplingParams, accept_draft, draw, probabilities
 
 @dataclass
@@ -62,40 +61,26 @@ class _State:
 class ReferenceDecoder:
     """Decode with `model` (batch 1). See `generate`."""
 
-    def __init__(self, model: RecycleGPT):
+    def __init__(self, model: RecycleGPT, eos_token_ids: tuple[int, ...] = ()):
         self.model = model.eval()
         self.cfg = model.cfg
+        self.eos_token_ids = tuple(eos_token_ids)  # a Request's stop tokens when it names none
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[int], strategy: str = "standard",
-                 sampling: SamplingParams = SamplingParams(), max_new_tokens: int = 64,
-                 stop_token_ids: tuple[int, ...] = ()) -> Generation:
-        """Generate up to max_new_tokens after prompt_ids.
+    def generate(self, prompt_ids: list[int], request: Request = Request()) -> Generation:
+        """Generate up to request.max_new_tokens after prompt_ids (stop strings are the
+        runtime's business: the reference decodes token ids only).
 
         Raises:
-            GenerationError: empty prompt, prompt too long, token id outside the vocabulary,
-                unknown strategy, or max_new_tokens < 1.
+            GenerationError: an invalid prompt or request (runtime.request.check_request).
         """
-        self._check(prompt_ids, strategy, max_new_tokens)
-        s = _State(list(prompt_ids), len(prompt_ids), max_new_tokens, set(stop_token_ids),
-                   sampling, np.random.default_rng(sampling.seed),
+        check_request([list(prompt_ids)], request, self.cfg.max_seq_len, self.cfg.vocab_size)
+        stop_ids = self.eos_token_ids if request.stop_token_ids is None else request.stop_token_ids
+        s = _State(list(prompt_ids), len(prompt_ids), request.max_new_tokens, set(stop_ids),
+                   request.sampling, np.random.default_rng(request.sampling.seed),
                    self.model.empty_kv(self.cfg.n_layers), self.model.empty_kv(self.cfg.recycle_layers))
-        getattr(self, f"_{strategy}")(s)
+        self._schedules[request.strategy](self, s)
         return Generation(s.tokens[s.n_prompt:], s.finish_reason, s.stats, s.calls)
-
-    def _check(self, prompt_ids, strategy, max_new_tokens) -> None:
-        if strategy not in STRATEGIES:
-            raise GenerationError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
-        if not prompt_ids:
-            raise GenerationError("the prompt is empty")
-        if len(prompt_ids) >= self.cfg.max_seq_len:
-            raise GenerationError(f"the prompt has {len(prompt_ids)} tokens; the model's maximum "
-                                  f"sequence length is {self.cfg.max_seq_len}, leaving no room to generate")
-        bad = [t for t in prompt_ids if not 0 <= t < self.cfg.vocab_size]
-        if bad:
-            raise GenerationError(f"token id {bad[0]} is outside the vocabulary [0, {self.cfg.vocab_size})")
-        if max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
     # The schedules (DESIGN.md section 2).
 
@@ -130,6 +115,9 @@ class ReferenceDecoder:
             s.stats.drafts_accepted += 1
             if self._emit(s, token) or self._emit(s, draw(self._probs(s, logits[1]), s.rng)):
                 return
+
+    _schedules = {"standard": _standard, "alternate": _alternate, "verify": _verify}
+    assert tuple(_schedules) == STRATEGIES
 
     # Named steps.
 

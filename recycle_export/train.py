@@ -36,6 +36,7 @@ from recycle_export.distill_data import Sequence, generate_sequences, load_seque
 from runtime.prompts import TEMPLATE_SETS, prompts
 from recycle_export.model import RecycleGPT
 from runtime.errors import CheckpointError, ConfigError
+from runtime.files import atomic_path, write_json
 from runtime.tokenizer import TextCodec
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class _Work:
         if marker.is_file() and json.loads(marker.read_text()) != data:
             raise CheckpointError(f"{self.dir} holds data generated with {json.loads(marker.read_text())}, "
                                   f"not {data}; delete it or use the same options")
-        marker.write_text(json.dumps(data))
+        write_json(marker, data)
         self.fingerprint = {k: v for k, v in dataclasses.asdict(options).items()
                             if k not in ("threads", "checkpoint_every", "draft_vocab")}
 
@@ -323,10 +324,9 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
         progress(f"training (loss {loss.item():.3f})", step, total)
         if step % options.checkpoint_every == 0 or step == total:
             trainable = {k: v for k, v in model.state_dict().items() if options.joint or k.startswith("recycler.")}
-            tmp = work.state.with_suffix(".tmp")
-            torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step,
-                        "options": work.fingerprint}, tmp)
-            tmp.replace(work.state)
+            with atomic_path(work.state) as tmp:
+                torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step,
+                            "options": work.fingerprint}, tmp)
     model.eval()
     model.recycler.set_draft_tokens(draft_vocabulary(train, model.cfg.vocab_size, options.draft_vocab))
     after = agreement(model, heldout)
@@ -341,5 +341,5 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
         "seconds": {"data": round(data_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
     save_checkpoint(Checkpoint(model, True, ckpt.generation, ckpt.tokenizer_json), Path(out))
-    (Path(out) / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(Path(out) / "training.json", report)
     return report

@@ -9,17 +9,17 @@ is compared with the float32 model, not with a float16 one).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from recycle_export.artifacts import write_json
-from recycle_export.export import MANIFEST, TORCH_DTYPES, example_inputs, graph_module
+from recycle_export.graphs import TORCH_DTYPES, example_inputs, graph_module
 from recycle_export.model import RecycleGPT
 from runtime import contract as C
-from runtime.artifacts import read_manifest
+from runtime.artifacts import Manifest, read_manifest
 from runtime.errors import ValidationError
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def check_passed(validation: dict) -> None:
         raise ValidationError(validation["failures"][0] + (f" (and {more} more)" if more else ""))
 
 
-def validate_artifacts(folder: Path, model_path: Path | None = None) -> dict:
+def validate_artifacts(folder: Path, model_path: Path | None = None) -> Manifest:
     """Validate an export folder again (against `model_path`, by default the checkpoint it
     was exported from) and record the new figures in its manifest.
 
@@ -118,9 +118,8 @@ def validate_artifacts(folder: Path, model_path: Path | None = None) -> dict:
 
     folder = Path(folder)
     manifest = read_manifest(folder)
-    model = load_checkpoint(model_path or manifest["source"]["checkpoint"]).model
-    dims = C.Dims.from_config(manifest["config"], manifest["dtype"])
-    manifest["validation"] = validate_graphs(folder, model, dims)
-    write_json(folder / MANIFEST, manifest)
-    check_passed(manifest["validation"])
+    model = load_checkpoint(model_path or manifest.source["checkpoint"]).model
+    manifest = dataclasses.replace(manifest, validation=validate_graphs(folder, model, manifest.dims))
+    manifest.write(folder)
+    check_passed(manifest.validation)
     return manifest

@@ -1,34 +1,158 @@
-"""Reading an export folder: the manifest, its integrity, and what the decoders need from it."""
+"""Reading an export folder: manifest.json as a typed record, its integrity, and what the
+decoders need from it (docs/design.md section 4).
+
+`Manifest` is the one reader and writer of manifest.json: its `from_json` checks every
+field (present, of the right type, in range) and names the field and the file when one is
+wrong; nothing else in the project spells a manifest key.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import contract as C
 from runtime.errors import ArtifactError
+from runtime.files import sha256, write_json
+from runtime.records import Fields
 
 FORMAT = "recycle-export-artifacts"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# Model config fields the runtime reads; every one a positive integer.
+CONFIG_INTS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "recycle_layers")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class GraphRecord:
+    file: str
+    inputs: tuple[C.TensorSpec, ...]
+    outputs: tuple[C.TensorSpec, ...]
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "inputs": [dataclasses.asdict(t) for t in self.inputs],
+                "outputs": [dataclasses.asdict(t) for t in self.outputs]}
+
+    @classmethod
+    def from_contract(cls, spec: C.GraphContract) -> "GraphRecord":
+        return cls(f"{spec.name}.onnx", spec.inputs, spec.outputs)
+
+    @classmethod
+    def from_json(cls, f: Fields) -> "GraphRecord":
+        def specs(key):
+            rows = f.get(key, list)
+            out = []
+            for i, row in enumerate(rows):
+                t = Fields(row, f.where, f.fix, f"{f.prefix}{key}[{i}].", f.error)
+                shape = t.get("shape", list)
+                if not all(isinstance(d, (str, int)) and not isinstance(d, bool) for d in shape):
+                    t.fail("shape", "must list dimension names or sizes")
+                out.append(C.TensorSpec(t.get("name", str), t.get("dtype", str), tuple(shape)))
+            return tuple(out)
+
+        return cls(f.file_name("file"), specs("inputs"), specs("outputs"))
 
 
-def read_manifest(folder: Path, check_hashes: bool = True) -> dict:
-    """Read an export folder's manifest, checking format, version, contract and hashes.
+@dataclass(frozen=True)
+class GenerationRecord:
+    """Token ids and chat template the decoders need besides the weights."""
+
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    chat_template: str | None = None
+
+    def to_json(self) -> dict:
+        return {"bos_token_id": self.bos_token_id, "eos_token_ids": list(self.eos_token_ids),
+                "pad_token_id": self.pad_token_id, "chat_template": self.chat_template}
+
+    @classmethod
+    def from_json(cls, f: Fields) -> "GenerationRecord":
+        return cls(f.int("bos_token_id", optional=True), f.ints("eos_token_ids"),
+                   f.int("pad_token_id", optional=True), f.get("chat_template", str, optional=True))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json: what an export folder holds and how it was made."""
+
+    config: dict  # the model config (recycle_export.config.ModelConfig.to_dict())
+    dtype: str
+    opset: int
+    kv: dict  # contract.kv_description(dims)
+    graphs: dict[str, GraphRecord]
+    tokenizer: str | None  # file name of tokenizer.json, or None
+    generation: GenerationRecord
+    recycler_trained: bool
+    draft_vocab: int | None  # tokens the module's LM head scores; None: all of them
+    warnings: tuple[str, ...]
+    source: dict  # {"checkpoint": path exported from}
+    versions: dict  # library versions of the export
+    validation: dict  # recycle_export.validate's figures: passed, tolerance, max_abs_diff, ...
+    files: dict[str, str]  # file name -> sha256 of every file of the export
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def dims(self) -> C.Dims:
+        return C.Dims.from_config(self.config, self.dtype)
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["graphs"] = {name: g.to_json() for name, g in self.graphs.items()}
+        data["generation"] = self.generation.to_json()
+        data["warnings"] = list(self.warnings)
+        return data
+
+    def write(self, folder: Path) -> None:
+        write_json(Path(folder) / MANIFEST, self.to_json())
+
+    @classmethod
+    def from_json(cls, data, where: str) -> "Manifest":
+        """Raises: ArtifactError naming the first field that is missing or wrong."""
+        fix = "re-run `cli.py export`"
+        f = Fields(data, where, fix)
+        if f.data.get("format") != FORMAT or f.data.get("format_version") != FORMAT_VERSION:
+            f.fail("", f"artifact format {f.data.get('format')!r} version {f.data.get('format_version')!r}, "
+                       f"but this runtime reads {FORMAT!r} version {FORMAT_VERSION}")
+        kv = f.sub("kv")
+        contract = kv.get("contract", str)
+        if contract != C.CONTRACT_NAME:
+            f.fail("", f"KV contract {contract!r}, but this runtime implements {C.CONTRACT_NAME!r}: "
+                       "export again with this version")
+        config = f.sub("config")
+        for key in CONFIG_INTS:
+            config.int(key, minimum=1)
+        config.int("head_dim", minimum=1, optional=True)
+        if config.data["n_heads"] % config.data["n_kv_heads"]:
+            config.fail("n_kv_heads", "must divide n_heads")
+        graphs_f = f.sub("graphs")
+        graphs = {name: GraphRecord.from_json(graphs_f.sub(name)) for name in (C.FULL_STEP, C.RECYCLE_STEP)}
+        validation = f.sub("validation")
+        validation.get("passed", bool)
+        draft_vocab = f.int("draft_vocab", minimum=1, optional=True)
+        warnings = f.get("warnings", list)
+        if not all(isinstance(w, str) for w in warnings):
+            f.fail("warnings", "must be a list of strings")
+        tokenizer = f.file_name("tokenizer") if f.data.get("tokenizer") is not None else None
+        return cls(config=dict(config.data), dtype=f.choice("dtype", C.FLOAT_DTYPES), opset=f.int("opset", 1),
+                   kv=dict(kv.data), graphs=graphs, tokenizer=tokenizer,
+                   generation=GenerationRecord.from_json(f.sub("generation")),
+                   recycler_trained=f.get("recycler_trained", bool), draft_vocab=draft_vocab,
+                   warnings=tuple(warnings), source=dict(f.sub("source").data),
+                   versions=dict(f.sub("versions").data), validation=dict(validation.data),
+                   files=f.hashes("files"))
+
+
+def read_manifest(folder: Path, check_hashes: bool = True) -> Manifest:
+    """Read an export folder's manifest, checking every field and, by default, the hash of
+    every file it lists.
 
     Raises:
-        ArtifactError: no manifest, another format, version or KV contract, or a file
-            missing or changed since export; the message says what to re-run.
+        ArtifactError: no manifest, another format, version or KV contract, a field missing
+            or wrong, or a file missing or changed since export; the message says what to re-run.
     """
     folder = Path(folder)
     path = folder / MANIFEST
@@ -36,19 +160,12 @@ def read_manifest(folder: Path, check_hashes: bool = True) -> dict:
         raise ArtifactError(f"{folder} has no {MANIFEST}: not an export folder; "
                             f"run `cli.py export --model CKPT --out {folder}`")
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); re-run `cli.py export`") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: artifact format {manifest.get('format')!r} version "
-                            f"{manifest.get('format_version')!r}, but this runtime reads {FORMAT!r} "
-                            f"version {FORMAT_VERSION}: re-run `cli.py export` with this version")
-    contract = manifest.get("kv", {}).get("contract")
-    if contract != C.CONTRACT_NAME:
-        raise ArtifactError(f"{path}: KV contract {contract!r}, but this runtime implements "
-                            f"{C.CONTRACT_NAME!r}: re-run `cli.py export` with this version")
+    manifest = Manifest.from_json(data, str(path))
     if check_hashes:
-        for file, digest in manifest.get("files", {}).items():
+        for file, digest in manifest.files.items():
             target = folder / file
             if not target.is_file():
                 raise ArtifactError(f"{target} is missing; re-run `cli.py export`")
@@ -62,7 +179,7 @@ class Artifacts:
     """An export folder as the runtime sees it."""
 
     folder: Path
-    manifest: dict
+    manifest: Manifest
 
     @classmethod
     def load(cls, folder: Path, check_hashes: bool = True) -> "Artifacts":
@@ -71,23 +188,23 @@ class Artifacts:
 
     @property
     def dims(self) -> C.Dims:
-        return C.Dims.from_config(self.manifest["config"], self.manifest["dtype"])
+        return self.manifest.dims
 
     @property
     def max_seq_len(self) -> int:
-        return self.manifest["config"]["max_seq_len"]
+        return self.manifest.config["max_seq_len"]
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        return tuple(self.manifest["generation"]["eos_token_ids"])
+        return self.manifest.generation.eos_token_ids
 
     @property
     def pad_token_id(self) -> int:
-        pad = self.manifest["generation"].get("pad_token_id")
+        pad = self.manifest.generation.pad_token_id
         return 0 if pad is None else pad
 
     def graph_path(self, name: str) -> Path:
-        return self.folder / self.manifest["graphs"][name]["file"]
+        return self.folder / self.manifest.graphs[name].file
 
     def codec(self):
         """The TextCodec for this export's tokenizer and chat template.
@@ -95,6 +212,6 @@ class Artifacts:
         Raises: GenerationError when the export has no tokenizer."""
         from runtime.tokenizer import TextCodec
 
-        tokenizer = self.manifest.get("tokenizer")
+        tokenizer = self.manifest.tokenizer
         text = (self.folder / tokenizer).read_text() if tokenizer else None
-        return TextCodec.from_json(text, self.manifest["generation"].get("chat_template"), str(self.folder))
+        return TextCodec.from_json(text, self.manifest.generation.chat_template, str(self.folder))

@@ -10,12 +10,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.errors import ArtifactError
-
 CONTRACT_NAME = "concat-kv-v1"  # growing KV: present = concat(past, new)
 FULL_STEP = "full_step"
 RECYCLE_STEP = "recycle_step"
 FLOAT_DTYPES = ("float32", "float16")
+# The decode/prefill split of a step, which engines with shape profiles (TensorRT) build and
+# select by: a step of up to DECODE_MAX_NEW new tokens decodes over a past (standard takes 1,
+# alternate and verify 2, chained drafts up to 4); a longer one is a prefill.
+DECODE_MAX_NEW = 4
+
+# Every element type the graphs use, by the contract's name (numpy's too), with how ONNX
+# numbers it (TensorProto), how ONNX Runtime spells it and TensorRT's DataType member.
+ELEMENT_TYPES = {
+    "float32": (1, "tensor(float)", "FLOAT"),
+    "float16": (10, "tensor(float16)", "HALF"),
+    "bfloat16": (16, "tensor(bfloat16)", "BF16"),
+    "int64": (7, "tensor(int64)", "INT64"),
+    "int32": (6, "tensor(int32)", "INT32"),
+}
+
+
+def dtype_name(value, library: str) -> str:
+    """The contract's name of an element type as `library` ("onnx", "onnxruntime" or
+    "tensorrt") gives it; an unknown one comes back as its own string."""
+    column = ("onnx", "onnxruntime", "tensorrt").index(library)
+    if library == "tensorrt":
+        value = getattr(value, "name", str(value).rsplit(".", 1)[-1])
+    return next((name for name, row in ELEMENT_TYPES.items() if row[column] == value), str(value))
+
 
 # Symbolic dimensions.
 BATCH, NEW, PAST, TOTAL, NUM_LOGITS = "batch", "new", "past", "total", "num_logits"
@@ -66,8 +88,8 @@ class Dims:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.dtype not in FLOAT_DTYPES:
-            raise ArtifactError(f"float dtype {self.dtype!r} is not one of {FLOAT_DTYPES}")
+        if self.dtype not in FLOAT_DTYPES:  # the manifest's reader refuses others first
+            raise ValueError(f"float dtype {self.dtype!r} is not one of {FLOAT_DTYPES}")
 
     @classmethod
     def from_config(cls, config: dict, dtype: str = "float32") -> "Dims":
@@ -125,6 +147,11 @@ def recycle_step(dims: Dims) -> GraphContract:
     module_hidden_states out is the module's own final-normed state g (for chained drafts)."""
     return _graph(RECYCLE_STEP, dims, range(dims.n_layers, dims.n_layers + dims.recycle_layers),
                   with_hidden_input=True)
+
+
+def select_profile(new: int) -> int:
+    """The shape profile a step of `new` new tokens runs under: 0 decode, 1 prefill."""
+    return 0 if new <= DECODE_MAX_NEW else 1
 
 
 def graphs(dims: Dims) -> dict[str, GraphContract]:

@@ -3,20 +3,20 @@ with every returned error code checked. Imported lazily; nothing here runs witho
 
 from __future__ import annotations
 
-from runtime.errors import EngineBuildError
+from runtime.errors import DeviceError
 
 
 def cudart():
     """The cuda-python runtime module (cuda.bindings.runtime, or cuda.cudart before 12.6).
 
-    Raises: EngineBuildError when cuda-python is not installed."""
+    Raises: DeviceError when cuda-python is not installed."""
     try:
         from cuda.bindings import runtime
     except ImportError:
         try:
             from cuda import cudart as runtime
         except ImportError:
-            raise EngineBuildError("cuda-python is not installed: pip install 'recycle-export[tensorrt]'") from None
+            raise DeviceError("cuda-python is not installed: pip install 'recycle-export[tensorrt]'") from None
     return runtime
 
 
@@ -25,16 +25,16 @@ def check(result, what: str):
     rt = cudart()
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != rt.cudaError_t.cudaSuccess:
-        raise EngineBuildError(f"CUDA {what} failed: {err}")
+        raise DeviceError(f"CUDA {what} failed: {err}")
     return values[0] if len(values) == 1 else tuple(values)
 
 
 def device_properties(device: int = 0) -> dict:
-    """Name and compute capability of a GPU. Raises: EngineBuildError without a GPU."""
+    """Name and compute capability of a GPU. Raises: DeviceError without a GPU."""
     rt = cudart()
     count = check(rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
     if count < 1 or device >= count:
-        raise EngineBuildError(f"no CUDA GPU number {device} (found {count})")
+        raise DeviceError(f"no CUDA GPU number {device} (found {count})")
     props = check(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
     return {"name": name, "compute_capability": [props.major, props.minor]}

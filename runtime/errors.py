@@ -46,6 +46,11 @@ class TargetError(RecycleExportError):
     """Raised for an unknown build target or a precision its part does not support."""
 
 
+class DeviceError(RecycleExportError):
+    """Raised when a GPU or its libraries fail at run time: cuda-python missing, no such
+    GPU, a CUDA call returning an error, a TensorRT execution failing while decoding."""
+
+
 class EngineBuildError(RecycleExportError):
     """Raised when an engine build fails: a missing library or device, a parser or builder
     error (reported in full), or a graph the chosen precision cannot use."""

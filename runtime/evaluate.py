@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 from runtime import contract as C
-from runtime.generator import Generator, Request
+from runtime.generator import Generator
+from runtime.request import STRATEGIES, Request
 from runtime.kv import BASE, MODULE
 
 
@@ -74,7 +75,7 @@ def evaluate(gen: Generator, prompts: list[list[int]], max_new_tokens: int = 64,
     nll = {"standard": [0.0, 0], "alternate": [0.0, 0]}
     for i, prompt in enumerate(prompts):
         answers = {}
-        for strategy in ("standard", "alternate", "verify"):
+        for strategy in STRATEGIES:
             result = gen.generate(prompt, Request(strategy, max_new_tokens=max_new_tokens))
             answers[strategy] = result.tokens
             proposed += result.stats.drafts_proposed

@@ -19,36 +19,8 @@ from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.errors import GenerationError
 from runtime.kv import BASE, MODULE, KVPool
-from runtime.sampling import SamplingParams, accept_draft, draw, probabilities
-
-STRATEGIES = ("standard", "alternate", "verify")
-
-
-@dataclass
-class Stats:
-    base_calls: int = 0
-    module_calls: int = 0
-    drafts_proposed: int = 0
-    drafts_accepted: int = 0
-    batch: int = 1
-    prompt_tokens: int = 0
-    generated_tokens: int = 0  # over all rows
-    prefill_seconds: float = 0.0  # up to the first generated token
-    decode_seconds: float = 0.0  # from the first generated token to the last
-
-    @property
-    def acceptance(self) -> float | None:
-        return self.drafts_accepted / self.drafts_proposed if self.drafts_proposed else None
-
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        """Tokens after each row's first, per second of decoding."""
-        return (self.generated_tokens - self.batch) / self.decode_seconds if self.decode_seconds else 0.0
-
+from runtime.request import STRATEGIES, Request, Stats, check_request  # noqa: F401  (the public names)
+from runtime.sampling import accept_draft, draw, probabilities
 
 @dataclass
 class Result:
@@ -56,15 +28,6 @@ class Result:
     finish_reason: str  # "stop", "max_new_tokens" or "length"
     stats: Stats
     text: str | None = None  # decoded (cut before a stop string) when the Generator has a codec
-
-
-@dataclass(frozen=True)
-class Request:
-    strategy: str = "standard"
-    sampling: SamplingParams = SamplingParams()
-    max_new_tokens: int = 64
-    stop_token_ids: tuple[int, ...] | None = None  # None: the model's end-of-sequence tokens
-    stop_strings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -140,8 +103,18 @@ class Generator:
 
         artifacts = Artifacts.load(folder, check_hashes)
         info = EngineInfo.load(artifacts, engine, check_hashes) if engine else None
-        codec = artifacts.codec() if artifacts.manifest.get("tokenizer") else None
+        codec = artifacts.codec() if artifacts.manifest.tokenizer else None
         return cls(load_backend(artifacts, info, threads), artifacts, codec)
+
+    def close(self) -> None:
+        """Free the backend's sessions and device memory; the Generator cannot run afterwards."""
+        self.backend.close()
+
+    def __enter__(self) -> "Generator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # Public API.
 
@@ -198,29 +171,16 @@ class Generator:
         return state
 
     def _check(self, prompts: list[list[int]], request: Request) -> None:
-        if request.strategy not in STRATEGIES:
-            raise GenerationError(f"unknown strategy {request.strategy!r}; expected one of {STRATEGIES}")
-        if not prompts:
-            raise GenerationError("no prompts given")
-        if request.strategy == "verify" and len(prompts) > 1:
-            raise GenerationError("verify decodes one prompt at a time; use standard or alternate for a batch")
-        if request.max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+        check_request(prompts, request, self.capacity, self.dims.vocab_size)
         if request.stop_strings and self.codec is None:
             raise GenerationError("stop strings need a tokenizer, and this export has none")
-        for prompt in prompts:
-            if not prompt:
-                raise GenerationError("the prompt is empty")
-            if len(prompt) >= self.capacity:
-                raise GenerationError(f"the prompt has {len(prompt)} tokens; the maximum sequence length "
-                                      f"is {self.capacity}, leaving no room to generate")
-            bad = [t for t in prompt if not 0 <= t < self.dims.vocab_size]
-            if bad:
-                raise GenerationError(f"token id {bad[0]} is outside the vocabulary [0, {self.dims.vocab_size})")
 
     def _run(self, s: _State) -> Iterator[np.ndarray]:
-        yield from getattr(self, f"_{s.request.strategy}")(s)
-        s.stats.decode_seconds = time.perf_counter() - (s.first_token_at or s.started)
+        try:
+            yield from self._schedules[s.request.strategy](self, s)
+            s.stats.decode_seconds = time.perf_counter() - (s.first_token_at or s.started)
+        finally:
+            s.pool.close()  # a device pool frees its buffers now, not when collected
 
     def _finalize(self, s: _State) -> list[Result]:
         results = []
@@ -270,6 +230,9 @@ class Generator:
                 return
             if (yield from self._emit(s, np.array([draw(self._probs(s, logits[0, 1]), s.rng)]))):
                 return
+
+    _schedules = {"standard": _standard, "alternate": _alternate, "verify": _verify}
+    assert tuple(_schedules) == STRATEGIES
 
     # Named steps.
 

@@ -42,6 +42,9 @@ class KVPool:
             self.past[C.past_key(i)], self.past[C.past_value(i)] = key, value
         self.lengths[cache] = length
 
+    def close(self) -> None:
+        """Nothing to free: numpy arrays go with the pool."""
+
     def rollback(self, cache: str, n: int) -> None:
         """Forget the last `n` positions of `cache` (a rejected draft)."""
         length = self.lengths[cache] - n

@@ -72,10 +72,11 @@ def smollm_checkpoint(smollm_path, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny, tmp_path_factory):
     """The tiny model saved with a trained-looking recycler flag left off (as users get it)."""
-    from recycle_export.checkpoint import Checkpoint, GenerationInfo, save_checkpoint
+    from recycle_export.checkpoint import Checkpoint, save_checkpoint
+    from runtime.artifacts import GenerationRecord
 
     out = tmp_path_factory.mktemp("tiny") / "ckpt"
-    save_checkpoint(Checkpoint(tiny, False, GenerationInfo(eos_token_ids=(2,))), out)
+    save_checkpoint(Checkpoint(tiny, False, GenerationRecord(eos_token_ids=(2,))), out)
     return out
 
 
@@ -118,10 +119,11 @@ def char_tokenizer_json() -> str:
 @pytest.fixture(scope="session")
 def tiny_chat_checkpoint(tmp_path_factory):
     """A tiny model with a character tokenizer and a chat template (for training tests)."""
-    from recycle_export.checkpoint import Checkpoint, GenerationInfo, save_checkpoint
+    from recycle_export.checkpoint import Checkpoint, save_checkpoint
+    from runtime.artifacts import GenerationRecord
 
     out = tmp_path_factory.mktemp("tiny_chat") / "ckpt"
     template = "{% for m in messages %}Q: {{ m['content'] }}\nA:{% endfor %}"
-    save_checkpoint(Checkpoint(tiny_model(seed=4), False, GenerationInfo(eos_token_ids=(95,), chat_template=template),
+    save_checkpoint(Checkpoint(tiny_model(seed=4), False, GenerationRecord(eos_token_ids=(95,), chat_template=template),
                                char_tokenizer_json()), out)
     return out

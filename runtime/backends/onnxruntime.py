@@ -9,17 +9,14 @@ import numpy as np
 
 from runtime import contract as C
 from runtime.artifacts import Artifacts
-from runtime.backends import check_against_contract
+from runtime.backends.base import Backend, check_against_contract
 from runtime.errors import ArtifactError
 from runtime.kv import KVPool
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-           "tensor(int32)": "int32"}
 
-
-class OrtBackend:
+class OrtBackend(Backend):
     """Both graphs of an export under ONNX Runtime.
 
     providers: execution providers in order of preference (CPU by default).
@@ -62,7 +59,7 @@ class OrtBackend:
 
     def graph_io(self, graph: str) -> tuple[list[C.TensorSpec], list[C.TensorSpec]]:
         def specs(values):
-            return [C.TensorSpec(v.name, _DTYPES.get(v.type, v.type),
+            return [C.TensorSpec(v.name, C.dtype_name(v.type, "onnxruntime"),
                                  tuple(d if isinstance(d, int) else str(d) for d in v.shape)) for v in values]
 
         session = self.sessions[graph]
@@ -70,6 +67,9 @@ class OrtBackend:
 
     def new_kv_pool(self, dims: C.Dims, batch: int, capacity: int) -> KVPool:
         return KVPool(dims, batch, capacity)
+
+    def close(self) -> None:
+        self.sessions = {}
 
     def run(self, graph: str, feeds: dict[str, np.ndarray], kv_outputs: dict | None = None) -> dict[str, np.ndarray]:
         """One step; outputs are allocated by ONNX Runtime (kv_outputs is not used)."""

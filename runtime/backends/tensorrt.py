@@ -20,32 +20,23 @@ import numpy as np
 
 from runtime import contract as C
 from runtime.artifacts import Artifacts
-from runtime.backends import check_against_contract
+from runtime.backends.base import Backend, check_against_contract
 from runtime.cuda import check, cudart, device_properties
-from runtime.engines import EngineInfo
-from runtime.errors import ArtifactError, EngineBuildError
+from runtime.engines import EngineInfo, rebuild_hint
+from runtime.errors import ArtifactError, DeviceError
 from runtime.kv import BASE, MODULE
 
 log = logging.getLogger(__name__)
 
-_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
-DECODE_MAX_NEW = 4  # profile 0 (decode) takes up to 4 new tokens; profile 1 prefills (engines/profiles.py)
-
-
-def select_profile(new: int) -> int:
-    """The profile index a step of `new` new tokens runs under (a prefill has an empty past)."""
-    return 0 if new <= DECODE_MAX_NEW else 1
-
-
 def import_tensorrt():
-    """Raises: EngineBuildError when TensorRT is not installed or older than 10."""
+    """Raises: DeviceError when TensorRT is not installed or older than 10."""
     try:
         import tensorrt as trt
     except ImportError:
-        raise EngineBuildError("TensorRT is not installed: pip install 'recycle-export[tensorrt]' "
+        raise DeviceError("TensorRT is not installed: pip install 'recycle-export[tensorrt]' "
                                "on a machine with an NVIDIA GPU (JetPack 6 on a Jetson)") from None
     if int(trt.__version__.split(".")[0]) < 10:
-        raise EngineBuildError(f"TensorRT {trt.__version__} found; the builder needs TensorRT 10 or newer")
+        raise DeviceError(f"TensorRT {trt.__version__} found; the builder needs TensorRT 10 or newer")
     return trt
 
 
@@ -79,15 +70,16 @@ class DeviceTensor:
 
 
 class DeviceKVPool:
-    """KVPool's interface over device buffers, swapped rather than copied between steps."""
+    """KVPool's interface over device buffers, swapped rather than copied between steps.
+    The backend that made a pool frees it in its close(); a pool may also be closed alone."""
 
     def __init__(self, dims: C.Dims, batch: int, capacity: int):
         self.rt = cudart()
         self.dims, self.batch, self.capacity = dims, batch, capacity
         self.layers = {BASE: range(dims.n_layers), MODULE: range(dims.n_layers, dims.n_layers + dims.recycle_layers)}
         self.lengths = {BASE: 0, MODULE: 0}
-        self.itemsize = np.dtype(_NP[dims.dtype]).itemsize
-        slots = capacity + DECODE_MAX_NEW  # a verify step may briefly hold a draft past capacity
+        self.itemsize = np.dtype(dims.dtype).itemsize
+        slots = capacity + C.DECODE_MAX_NEW  # a verify step may briefly hold a draft past capacity
         self.buffer_bytes = batch * dims.n_kv_heads * slots * dims.head_dim * self.itemsize
         self.current: dict[str, int] = {}  # past tensor name -> device pointer holding the cache
         self.spare: dict[str, int] = {}  # past tensor name -> the buffer the next present goes to
@@ -101,10 +93,6 @@ class DeviceKVPool:
         for ptr in (*self.current.values(), *self.spare.values()):
             self.rt.cudaFree(ptr)
         self.current, self.spare = {}, {}
-
-    def __del__(self):
-        if getattr(self, "current", None):
-            self.close()
 
     def _shape(self, length: int) -> tuple[int, ...]:
         return (self.batch, self.dims.n_kv_heads, length, self.dims.head_dim)
@@ -121,7 +109,7 @@ class DeviceKVPool:
 
     def commit(self, cache: str, outputs: dict, new: int) -> None:
         self.lengths[cache] += new
-        assert self.lengths[cache] <= self.capacity + DECODE_MAX_NEW
+        assert self.lengths[cache] <= self.capacity + C.DECODE_MAX_NEW
         for i in self.layers[cache]:
             for name in (C.past_key(i), C.past_value(i)):
                 self.current[name], self.spare[name] = self.spare[name], self.current[name]
@@ -145,23 +133,23 @@ def check_plan_compatibility(engine: EngineInfo, trt_version: str, device: dict,
     Raises:
         ArtifactError: naming what the plan was built with and what is here.
     """
-    if engine.data["backend_version"] != trt_version:
-        raise ArtifactError(f"{engine.folder} was built with TensorRT {engine.data['backend_version']}, this is "
+    if engine.record.backend_version != trt_version:
+        raise ArtifactError(f"{engine.folder} was built with TensorRT {engine.record.backend_version}, this is "
                             f"TensorRT {trt_version}: plans do not move between versions; {rebuild}")
-    built = engine.data["device"]
+    built = engine.record.device
     if list(device["compute_capability"]) != list(built["compute_capability"]):
         raise ArtifactError(f"{engine.folder} was built for {built['name']} (compute capability "
                             f"{tuple(built['compute_capability'])}), this GPU is {device['name']} "
                             f"({tuple(device['compute_capability'])}); {rebuild} on this device")
 
 
-class TrtBackend:
+class TrtBackend(Backend):
     """full_step.plan and recycle_step.plan of one engine folder on GPU 0."""
 
     def __init__(self, artifacts: Artifacts, engine: EngineInfo, device: int = 0):
         trt = import_tensorrt()
         self.trt, self.rt = trt, cudart()
-        rebuild = f"re-run `cli.py build --artifacts {artifacts.folder} --target {engine.data['target']}`"
+        rebuild = rebuild_hint(artifacts.folder, engine.target)
         check_plan_compatibility(engine, trt.__version__, device_properties(device), rebuild)
         self.logger = make_logger(trt)
         self.runtime = trt.Runtime(self.logger)
@@ -173,24 +161,37 @@ class TrtBackend:
                 raise ArtifactError(f"TensorRT cannot load {path}: {'; '.join(self.logger.errors)}; {rebuild}")
             context = plan.create_execution_context()
             if context is None:
-                raise EngineBuildError(f"TensorRT cannot create an execution context for {path}")
+                raise DeviceError(f"TensorRT cannot create an execution context for {path}")
             self.engines[name], self.contexts[name] = plan, context
             check_against_contract(name, self.graph_io(name), C.graphs(artifacts.dims)[name], rebuild)
         self.scratch: dict[tuple[str, str], tuple[int, int]] = {}  # (graph, tensor) -> (ptr, bytes)
+        self.pools: list[DeviceKVPool] = []
         self._lock = threading.Lock()  # one execution context per graph
 
     def new_kv_pool(self, dims: C.Dims, batch: int, capacity: int) -> DeviceKVPool:
-        return DeviceKVPool(dims, batch, capacity)
+        pool = DeviceKVPool(dims, batch, capacity)
+        self.pools = [p for p in self.pools if p.current] + [pool]  # forget pools already closed
+        return pool
+
+    def close(self) -> None:
+        """Free every pool this backend made, its scratch buffers and its stream."""
+        with self._lock:
+            for pool in self.pools:
+                pool.close()
+            for ptr, _ in self.scratch.values():
+                self.rt.cudaFree(ptr)
+            if self.stream is not None:
+                self.rt.cudaStreamDestroy(self.stream)
+            self.pools, self.scratch, self.stream = [], {}, None
+            self.contexts, self.engines = {}, {}
 
     def graph_io(self, graph: str):
         trt, plan = self.trt, self.engines[graph]
-        names = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16", trt.DataType.INT64: "int64",
-                 trt.DataType.INT32: "int32"}
         inputs, outputs = [], []
         for i in range(plan.num_io_tensors):
             name = plan.get_tensor_name(i)
             shape = tuple(d if d >= 0 else f"dynamic{j}" for j, d in enumerate(plan.get_tensor_shape(name)))
-            spec = C.TensorSpec(name, names.get(plan.get_tensor_dtype(name), str(plan.get_tensor_dtype(name))), shape)
+            spec = C.TensorSpec(name, C.dtype_name(plan.get_tensor_dtype(name), "tensorrt"), shape)
             (inputs if plan.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
         return inputs, outputs
 
@@ -213,8 +214,8 @@ class TrtBackend:
     def _run(self, graph: str, feeds: dict, kv_outputs: dict[str, int]) -> dict:
         rt, trt, plan, ctx = self.rt, self.trt, self.engines[graph], self.contexts[graph]
         new = feeds[C.INPUT_IDS].shape[1]
-        if not ctx.set_optimization_profile_async(select_profile(new), self.stream):
-            raise EngineBuildError(f"{graph}: cannot select the optimization profile for {new} new tokens")
+        if not ctx.set_optimization_profile_async(C.select_profile(new), self.stream):
+            raise DeviceError(f"{graph}: cannot select the optimization profile for {new} new tokens")
         keep_alive = []
         for name, value in feeds.items():
             if not ctx.set_input_shape(name, value.shape):
@@ -233,25 +234,25 @@ class TrtBackend:
                                          rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream), "upload")
                 keep_alive.append(value)
             if not ctx.set_tensor_address(name, ptr):
-                raise EngineBuildError(f"{graph}: cannot bind input {name!r}")
+                raise DeviceError(f"{graph}: cannot bind input {name!r}")
         host_outputs, results = {}, {}
         for i in range(plan.num_io_tensors):
             name = plan.get_tensor_name(i)
             if plan.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
                 continue
             shape = tuple(ctx.get_tensor_shape(name))
-            dtype = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16"}[plan.get_tensor_dtype(name)]
+            dtype = C.dtype_name(plan.get_tensor_dtype(name), "tensorrt")
             if name in kv_outputs:
                 ptr = kv_outputs[name]
                 results[name] = DeviceTensor(ptr, shape, dtype)
             else:
-                array = np.empty(shape, dtype=_NP[dtype])
+                array = np.empty(shape, dtype=dtype)
                 ptr = self._scratch(graph, name, array.nbytes)
                 host_outputs[name] = (array, ptr)
             if not ctx.set_tensor_address(name, ptr):
-                raise EngineBuildError(f"{graph}: cannot bind output {name!r}")
+                raise DeviceError(f"{graph}: cannot bind output {name!r}")
         if not ctx.execute_async_v3(self.stream):
-            raise EngineBuildError(f"{graph}: TensorRT execution failed: {'; '.join(self.logger.errors)}")
+            raise DeviceError(f"{graph}: TensorRT execution failed: {'; '.join(self.logger.errors)}")
         for name, (array, ptr) in host_outputs.items():
             check(rt.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes,
                                      rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "download")

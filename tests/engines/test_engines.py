@@ -1,21 +1,22 @@
 """Engines without a GPU: targets, profiles, engine.json and compatibility checks, CPU builds."""
 
+import dataclasses
 import json
 import shutil
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from cli import main
 from engines.build import build
-from engines.profiles import derive_profiles, select_profile
+from engines.profiles import derive_profiles
 from engines.targets import TARGETS, get_target
 from engines.tensorrt import check_part
 from runtime import contract as C
 from runtime.artifacts import Artifacts
+from runtime.contract import select_profile
 from runtime.backends.tensorrt import check_plan_compatibility
-from runtime.engines import EngineInfo
+from runtime.engines import EngineInfo, EngineRecord
 from runtime.errors import ArtifactError, EngineBuildError, TargetError
 from runtime.generator import Generator, Request
 
@@ -66,8 +67,9 @@ def test_profiles_follow_the_contract():
 
 
 def test_plan_compatibility_checks(artifacts):
-    engine = EngineInfo(artifacts / "engines" / "t4-fp16", {
-        "target": "t4", "backend_version": "10.3.0", "device": {"name": "Tesla T4", "compute_capability": [7, 5]}})
+    engine = EngineInfo(artifacts / "engines" / "t4-fp16", EngineRecord(
+        "t4", "fp16", "tensorrt", "10.3.0", {"name": "Tesla T4", "compute_capability": [7, 5]},
+        {"full_step": "full_step.plan", "recycle_step": "recycle_step.plan"}, None, {}, {}))
     check_plan_compatibility(engine, "10.3.0", {"name": "Tesla T4", "compute_capability": [7, 5]}, "rebuild")
     with pytest.raises(ArtifactError, match="built with TensorRT 10.3.0, this is TensorRT 10.7.0"):
         check_plan_compatibility(engine, "10.7.0", {"name": "Tesla T4", "compute_capability": [7, 5]}, "rebuild")
@@ -93,13 +95,13 @@ def test_tensorrt_absent_gives_a_clear_error(artifacts):
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_cpu_builds_run_in_the_runtime(artifacts, precision):
-    data = build(artifacts, "cpu", precision)
+    record = build(artifacts, "cpu", precision)
     folder = artifacts / "engines" / f"cpu-{precision}"
     written = json.loads((folder / "engine.json").read_text())
-    assert written == data
+    assert written == record.to_json()
     assert written["backend"] == "onnxruntime" and written["precision"] == precision
     manifest = Artifacts.load(artifacts).manifest
-    assert written["source"] == {f: manifest["files"][f] for f in ("full_step.onnx", "recycle_step.onnx")}
+    assert written["source"] == {f: manifest.files[f] for f in ("full_step.onnx", "recycle_step.onnx")}
     gen = Generator.from_artifacts(artifacts, engine=f"cpu-{precision}", threads=1)
     exported = Generator.from_artifacts(artifacts, threads=1)
     for strategy in ("standard", "alternate", "verify"):
@@ -109,7 +111,7 @@ def test_cpu_builds_run_in_the_runtime(artifacts, precision):
             assert result.tokens == exported.generate([5, 17, 3], Request(strategy, max_new_tokens=8,
                                                                                 stop_token_ids=())).tokens
     if precision == "fp32":
-        assert "accuracy" not in written
+        assert written["accuracy"] is None
     else:
         for graph in ("full_step", "recycle_step"):
             figures = written["accuracy"][graph]
@@ -124,9 +126,9 @@ def test_engine_checks_against_its_sources(artifacts):
     with pytest.raises(ArtifactError, match="full_step.onnx is missing or changed since the build; re-run `cli.py build"):
         Generator.from_artifacts(artifacts, engine="cpu-fp32")
     build(artifacts, "cpu", "fp32")
-    manifest = json.loads((artifacts / "manifest.json").read_text())
-    manifest["files"]["recycle_step.onnx"] = "0" * 64  # as if the graph had been re-exported since
+    manifest = Artifacts.load(artifacts).manifest
+    changed = dataclasses.replace(manifest, files={**manifest.files, "recycle_step.onnx": "0" * 64})
     with pytest.raises(ArtifactError, match="built from a different recycle_step.onnx than the one exported now"):
-        EngineInfo.load(Artifacts(artifacts, manifest), "cpu-fp32")
+        EngineInfo.load(Artifacts(artifacts, changed), "cpu-fp32")
     with pytest.raises(ArtifactError, match="no engine for target 'cpu-int2'"):
         Generator.from_artifacts(artifacts, engine="cpu-int2", check_hashes=False)

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from cli import main
-from recycle_export.checkpoint import Checkpoint, GenerationInfo, load_checkpoint, save_checkpoint
+from recycle_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from runtime.artifacts import GenerationRecord
 from recycle_export.config import ModelConfig
 from runtime.errors import CheckpointError, ConfigError
 from tests.conftest import TINY
@@ -17,7 +18,7 @@ from tests.conftest import TINY
 @pytest.fixture
 def saved(tiny, tmp_path):
     out = tmp_path / "ckpt"
-    save_checkpoint(Checkpoint(tiny, True, GenerationInfo(eos_token_ids=(2,))), out)
+    save_checkpoint(Checkpoint(tiny, True, GenerationRecord(eos_token_ids=(2,))), out)
     return out
 
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from cli import main
 from recycle_export.export import ExportOptions, export
-from recycle_export.inspect import graph_io
+from recycle_export.describe import graph_io
 from recycle_export.validate import validate_artifacts
 from runtime import contract as C
 from runtime.errors import ArtifactError, CheckpointError, ValidationError
@@ -104,15 +104,15 @@ def test_ort_matches_pytorch_on_padded_batch(tiny_artifacts, tiny):
 
 def test_float16_export_validates(tiny_checkpoint, tmp_path):
     manifest = export(tiny_checkpoint, tmp_path / "fp16", ExportOptions(dtype="float16"))
-    assert manifest["validation"]["passed"] and manifest["kv"]["dtype"] == "float16"
+    assert manifest.validation["passed"] and manifest.kv["dtype"] == "float16"
     inputs, _ = graph_io(tmp_path / "fp16" / "full_step.onnx")
     assert dict((n, d) for n, d, _ in inputs)["past_key_values.0.key"] == "float16"
-    assert max(manifest["validation"]["max_abs_diff"]["full_step"].values()) > 1e-5  # really float16
+    assert max(manifest.validation["max_abs_diff"]["full_step"].values()) > 1e-5  # really float16
 
 
 def test_external_data(tiny_checkpoint, tmp_path):
     manifest = export(tiny_checkpoint, tmp_path / "ext", ExportOptions(external_data_bytes=0))
-    assert "full_step.onnx.data" in manifest["files"] and manifest["validation"]["passed"]
+    assert "full_step.onnx.data" in manifest.files and manifest.validation["passed"]
     validate_artifacts(tmp_path / "ext")
 
 
@@ -160,12 +160,12 @@ def test_bad_options_and_checkpoints(tiny_checkpoint, tmp_path):
 
 
 def test_interrupted_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
-    import recycle_export.validate as validate
+    import recycle_export.export as exporter  # where export() looks validate_graphs up
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(validate, "validate_graphs", interrupt)
+    monkeypatch.setattr(exporter, "validate_graphs", interrupt)
     with pytest.raises(KeyboardInterrupt):
         export(tiny_checkpoint, tmp_path / "art")
     assert list(tmp_path.iterdir()) == []  # neither the folder nor a staged copy
@@ -174,12 +174,12 @@ def test_interrupted_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatc
 def test_reexport_replaces_earlier_export(tiny_checkpoint, tmp_path, monkeypatch):
     export(tiny_checkpoint, tmp_path / "art")
     first = json.loads((tmp_path / "art" / "manifest.json").read_text())
-    import recycle_export.validate as validate
+    import recycle_export.export as exporter  # where export() looks validate_graphs up
 
-    monkeypatch.setattr(validate, "validate_graphs", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(exporter, "validate_graphs", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         export(tiny_checkpoint, tmp_path / "art", ExportOptions(opset=18))
     # The earlier, complete export is untouched.
     assert json.loads((tmp_path / "art" / "manifest.json").read_text()) == first
     monkeypatch.undo()
-    assert export(tiny_checkpoint, tmp_path / "art", ExportOptions(opset=18))["opset"] == 18
+    assert export(tiny_checkpoint, tmp_path / "art", ExportOptions(opset=18)).opset == 18

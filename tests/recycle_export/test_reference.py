@@ -6,6 +6,7 @@ import torch
 
 from recycle_export.reference import ReferenceDecoder
 from runtime.errors import GenerationError
+from runtime.request import Request
 from runtime.sampling import SamplingParams, probabilities
 from tests.conftest import tiny_model
 
@@ -16,8 +17,8 @@ PROMPTS = [[5, 17, 3], [88], [41, 9, 60, 2, 33, 70, 12], [1, 1, 1, 1]]
 @pytest.mark.parametrize("max_new", [1, 2, 7, 20])
 def test_verify_greedy_equals_standard(tiny, prompt, max_new):
     dec = ReferenceDecoder(tiny)
-    standard = dec.generate(prompt, "standard", max_new_tokens=max_new)
-    verify = dec.generate(prompt, "verify", max_new_tokens=max_new)
+    standard = dec.generate(prompt, Request("standard", max_new_tokens=max_new, stop_token_ids=()))
+    verify = dec.generate(prompt, Request("verify", max_new_tokens=max_new, stop_token_ids=()))
     assert verify.tokens == standard.tokens
     assert verify.finish_reason == standard.finish_reason == "max_new_tokens"
     assert len(standard.tokens) == max_new
@@ -31,8 +32,8 @@ def test_verify_greedy_exercises_accept_and_reject():
     proposed = accepted = 0
     for seed in range(6):
         prompt = list(np.random.default_rng(seed).integers(0, 8, 4))
-        standard = dec.generate(prompt, "standard", max_new_tokens=24)
-        verify = dec.generate(prompt, "verify", max_new_tokens=24)
+        standard = dec.generate(prompt, Request("standard", max_new_tokens=24, stop_token_ids=()))
+        verify = dec.generate(prompt, Request("verify", max_new_tokens=24, stop_token_ids=()))
         assert verify.tokens == standard.tokens
         proposed += verify.stats.drafts_proposed
         accepted += verify.stats.drafts_accepted
@@ -43,7 +44,7 @@ def test_verify_greedy_exercises_accept_and_reject():
 def test_alternate_schedule(tiny):
     """Hand-computed schedule for a 5-token prompt and 9 new tokens x5..x13."""
     prompt = [5, 17, 3, 88, 41]
-    result = ReferenceDecoder(tiny).generate(prompt, "alternate", max_new_tokens=9)
+    result = ReferenceDecoder(tiny).generate(prompt, Request("alternate", max_new_tokens=9, stop_token_ids=()))
     schedule = [(c.kind, c.positions) for c in result.calls]
     assert schedule == [
         ("base", [0, 1, 2, 3, 4]),        # B(x0..x4) -> x5
@@ -76,7 +77,7 @@ def test_alternate_schedule(tiny):
 
 @pytest.mark.parametrize("max_new", [1, 2, 3, 8, 15])
 def test_alternate_call_counts(tiny, max_new):
-    result = ReferenceDecoder(tiny).generate([5, 17, 3], "alternate", max_new_tokens=max_new)
+    result = ReferenceDecoder(tiny).generate([5, 17, 3], Request("alternate", max_new_tokens=max_new, stop_token_ids=()))
     assert len(result.tokens) == max_new
     base_calls, module_calls = result.stats.base_calls, result.stats.module_calls
     assert abs(base_calls - module_calls) <= 1
@@ -86,15 +87,15 @@ def test_alternate_call_counts(tiny, max_new):
 
 def test_stop_token_and_length(tiny):
     dec = ReferenceDecoder(tiny)
-    free = dec.generate([5, 17, 3], "standard", max_new_tokens=10)
+    free = dec.generate([5, 17, 3], Request("standard", max_new_tokens=10, stop_token_ids=()))
     stop = free.tokens[4]
     first = free.tokens.index(stop)
     for strategy in ("standard", "verify"):
-        stopped = dec.generate([5, 17, 3], strategy, max_new_tokens=10, stop_token_ids=(stop,))
+        stopped = dec.generate([5, 17, 3], Request(strategy, max_new_tokens=10, stop_token_ids=(stop,)))
         assert stopped.finish_reason == "stop"
         assert stopped.tokens == free.tokens[:first]
     # max_seq_len is 64: a 60-token prompt leaves room for 4 tokens.
-    long = dec.generate([7] * 60, "alternate", max_new_tokens=10)
+    long = dec.generate([7] * 60, Request("alternate", max_new_tokens=10, stop_token_ids=()))
     assert long.finish_reason == "length" and len(long.tokens) == 4
 
 
@@ -108,7 +109,7 @@ def test_stop_token_and_length(tiny):
 ])
 def test_bad_requests(tiny, prompt, strategy, max_new, message):
     with pytest.raises(GenerationError, match=message):
-        ReferenceDecoder(tiny).generate(prompt, strategy, max_new_tokens=max_new)
+        ReferenceDecoder(tiny).generate(prompt, Request(strategy, max_new_tokens=max_new, stop_token_ids=()))
 
 
 def _chi_square(counts: np.ndarray, probs: np.ndarray) -> float:
@@ -143,7 +144,7 @@ def test_verify_sampling_preserves_base_distribution():
     thirds = np.zeros(vocab)
     accepted = proposed = 0
     for seed in range(n):
-        result = dec.generate(prompt, "verify", SamplingParams(seed=seed, **sampling), max_new_tokens=3)
+        result = dec.generate(prompt, Request("verify", SamplingParams(seed=seed, **sampling), max_new_tokens=3, stop_token_ids=()))
         pairs[result.tokens[0], result.tokens[1]] += 1
         thirds[result.tokens[2]] += 1
         accepted += result.stats.drafts_accepted

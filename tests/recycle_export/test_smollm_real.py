@@ -5,6 +5,7 @@ import torch
 
 from recycle_export.reference import ReferenceDecoder
 from runtime.errors import GGUFError
+from runtime.request import Request
 from runtime.tokenizer import TextCodec
 
 transformers = pytest.importorskip("transformers")
@@ -49,8 +50,8 @@ def test_chat_answer_is_coherent(smollm_checkpoint):
     ckpt = smollm_checkpoint[1]
     codec = TextCodec.from_json(ckpt.tokenizer_json, ckpt.generation.chat_template, "smollm2")
     ids = codec.encode("What is the capital of France?", chat=True)
-    result = ReferenceDecoder(ckpt.model).generate(
-        ids, "standard", max_new_tokens=24, stop_token_ids=ckpt.generation.eos_token_ids)
+    result = ReferenceDecoder(ckpt.model, ckpt.generation.eos_token_ids).generate(
+        ids, Request("standard", max_new_tokens=24))
     answer = codec.decode(result.tokens)
     assert "Paris" in answer and result.finish_reason == "stop", answer
 

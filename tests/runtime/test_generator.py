@@ -28,7 +28,7 @@ def generator(tiny_artifacts):
 def test_tokens_equal_reference(generator, tiny, strategy, prompt):
     for max_new in (1, 2, 9, 30):
         ours = generator.generate(prompt, Request(strategy, max_new_tokens=max_new, stop_token_ids=()))
-        ref = ReferenceDecoder(tiny).generate(prompt, strategy, max_new_tokens=max_new)
+        ref = ReferenceDecoder(tiny).generate(prompt, Request(strategy, max_new_tokens=max_new, stop_token_ids=()))
         assert ours.tokens == ref.tokens
         assert ours.finish_reason == ref.finish_reason
         assert (ours.stats.base_calls, ours.stats.module_calls) == (ref.stats.base_calls, ref.stats.module_calls)
@@ -60,7 +60,7 @@ def test_sampling_matches_reference_with_seed(generator, tiny):
     sampling = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=11)
     for strategy in ("standard", "alternate", "verify"):
         ours = generator.generate([5, 17, 3], Request(strategy, sampling, 20, stop_token_ids=()))
-        ref = ReferenceDecoder(tiny).generate([5, 17, 3], strategy, sampling, 20)
+        ref = ReferenceDecoder(tiny).generate([5, 17, 3], Request(strategy, sampling, 20, stop_token_ids=()))
         assert ours.tokens == ref.tokens, strategy
 
 
@@ -142,7 +142,7 @@ def test_incompatible_artifacts(tiny_artifacts, tmp_path):
     with pytest.raises(ArtifactError, match="KV contract 'fixed-kv-v9'"):
         Generator.from_artifacts(art)
     # A graph swapped for another export's (hashes re-stamped, so only the contract check sees it).
-    from recycle_export.artifacts import hash_files
+    from runtime.files import hash_files
 
     shutil.copy(art / "full_step.onnx", art / "recycle_step.onnx")
     (art / "manifest.json").write_text(json.dumps({**manifest, "files": hash_files(art, skip=("manifest.json",))}))
@@ -186,7 +186,7 @@ def test_draft_vocabulary_runs_as_the_reference(tmp_path_factory):
     verify still equals standard."""
     from recycle_export.checkpoint import Checkpoint, save_checkpoint
     from recycle_export.export import export
-    from recycle_export.inspect import describe
+    from recycle_export.describe import describe
     from tests.conftest import tiny_model
 
     root = tmp_path_factory.mktemp("draft_vocab")
@@ -204,7 +204,7 @@ def test_draft_vocabulary_runs_as_the_reference(tmp_path_factory):
         runs = {}
         for strategy in ("standard", "alternate", "verify"):
             runs[strategy] = gen.generate(prompt, Request(strategy, max_new_tokens=20, stop_token_ids=()))
-            ref = ReferenceDecoder(model).generate(prompt, strategy, max_new_tokens=20)
+            ref = ReferenceDecoder(model).generate(prompt, Request(strategy, max_new_tokens=20, stop_token_ids=()))
             assert runs[strategy].tokens == ref.tokens
         assert runs["verify"].tokens == runs["standard"].tokens
         assert set(runs["alternate"].tokens[1::2]) <= set(draft_tokens)  # every 2nd token is the module's

@@ -15,7 +15,7 @@ def test_runtime_equals_reference(smollm_artifacts, smollm_checkpoint, strategy)
     for question in ("What is the capital of France?", "Name three colours."):
         ids = generator.encode(question, chat=True)
         ours = generator.generate(ids, Request(strategy, max_new_tokens=24))
-        ref = reference.generate(ids, strategy, max_new_tokens=24, stop_token_ids=generator.artifacts.eos_token_ids)
+        ref = reference.generate(ids, Request(strategy, max_new_tokens=24, stop_token_ids=generator.artifacts.eos_token_ids))
         assert ours.tokens == ref.tokens, (question, ours.text)
     answer = generator.generate(generator.encode("What is the capital of France?", chat=True),
                                 Request(strategy, max_new_tokens=24)).text

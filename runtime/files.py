@@ -1,7 +1,15 @@
-"""Writing artifact folders atomically, and hashing their files."""
+"""Writing the project's files atomically, and hashing them. Standard library only.
+
+Every file or folder the project writes (exports, engines, checkpoints, module files,
+training state) goes through here: written under a hidden temporary name beside its
+destination, then renamed into place, so a reader or an interrupted run never sees half
+of one. The exporter, the engine builders, checkpoints and training all use this module,
+so an engine build on a deployment machine needs no exporter package.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,19 +18,49 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from runtime.artifacts import sha256
 from runtime.errors import ArtifactError
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def hash_files(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    return {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name not in skip}
+    """sha256 of every file directly inside `folder` (not its subfolders), by file name."""
+    return {p.name: sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file() and p.name not in skip}
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a hidden temporary path beside `path`; when the block ends without an error
+    it is renamed onto `path`, otherwise removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, data: dict) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 @contextmanager

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime import contract as C
 from runtime.artifacts import read_manifest
-
-_ONNX_TYPES = {1: "float32", 7: "int64", 10: "float16", 6: "int32", 16: "bfloat16"}
 
 
 def graph_io(path: Path) -> tuple[list[tuple], list[tuple]]:
@@ -20,7 +19,7 @@ def graph_io(path: Path) -> tuple[list[tuple], list[tuple]]:
         for v in values:
             t = v.type.tensor_type
             shape = tuple(d.dim_param or d.dim_value for d in t.shape.dim)
-            rows.append((v.name, _ONNX_TYPES.get(t.elem_type, str(t.elem_type)), shape))
+            rows.append((v.name, C.dtype_name(t.elem_type, "onnx"), shape))
         return rows
 
     return describe(graph.input), describe(graph.output)
@@ -30,29 +29,29 @@ def describe(folder: Path) -> str:
     """Raises: ArtifactError when the folder is not a complete, unchanged export."""
     folder = Path(folder)
     m = read_manifest(folder)
-    cfg = m["config"]
-    lines = [f"{folder}: {m['format']} v{m['format_version']}, dtype {m['dtype']}, opset {m['opset']}",
+    cfg = m.config
+    lines = [f"{folder}: {m.format} v{m.format_version}, dtype {m.dtype}, opset {m.opset}",
              f"model: {cfg['n_layers']} base layers + {cfg['recycle_layers']} module layer(s), dim {cfg['dim']}, "
              f"heads {cfg['n_heads']}/{cfg['n_kv_heads']} kv, vocab {cfg['vocab_size']}, "
-             f"max_seq_len {cfg['max_seq_len']}, recycler trained: {m['recycler_trained']}, module drafts from "
-             + (f"{m['draft_vocab']} tokens" if m.get("draft_vocab") else "the whole vocabulary")]
-    kv = m["kv"]
+             f"max_seq_len {cfg['max_seq_len']}, recycler trained: {m.recycler_trained}, module drafts from "
+             + (f"{m.draft_vocab} tokens" if m.draft_vocab else "the whole vocabulary")]
+    kv = m.kv
     lines.append(f"KV ({kv['contract']}): layout {kv['layout']}, {kv['dtype']}, base layers "
                  f"{kv['base_layers'][0]}..{kv['base_layers'][1] - 1}, module layers "
                  f"{kv['module_layers'][0]}..{kv['module_layers'][1] - 1}")
-    for name, graph in m["graphs"].items():
-        inputs, outputs = graph_io(folder / graph["file"])
-        size = sum(p.stat().st_size for p in folder.glob(f"{graph['file']}*"))
-        lines.append(f"{graph['file']} ({size / 2**20:.1f} MiB)")
+    for name, graph in m.graphs.items():
+        inputs, outputs = graph_io(folder / graph.file)
+        size = sum(p.stat().st_size for p in folder.glob(f"{graph.file}*"))
+        lines.append(f"{graph.file} ({size / 2**20:.1f} MiB)")
         for kind, rows in (("in ", inputs), ("out", outputs)):
             for n, dtype, shape in rows:
                 lines.append(f"  {kind} {n:<28} {dtype:<8} {list(shape)}")
-    v = m["validation"]
+    v = m.validation
     lines.append(f"validation: {'passed' if v['passed'] else 'FAILED'} (tolerance "
                  f"{v['tolerance']['relative_to_max_abs_reference']:g} x max(1, max |reference|))")
     for graph, outs in v["max_abs_diff"].items():
         for out, diff in outs.items():
             lines.append(f"  {graph} {out:<28} {diff:.3e}")
-    for warning in m["warnings"]:
+    for warning in m.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""What a generation is asked to do and what it reports: the strategy names, the Request,
+the Stats, and the one check of a request that the runtime and the reference decoder share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.errors import GenerationError
+from runtime.sampling import SamplingParams
+
+# The decoding schedules (docs/design.md section 2). Each decoder maps every name here to its
+# schedule in one table; the CLI's choices and `evaluate` read this tuple.
+STRATEGIES = ("standard", "alternate", "verify")
+
+
+@dataclass(frozen=True)
+class Request:
+    strategy: str = "standard"
+    sampling: SamplingParams = SamplingParams()
+    max_new_tokens: int = 64
+    stop_token_ids: tuple[int, ...] | None = None  # None: the model's end-of-sequence tokens
+    stop_strings: tuple[str, ...] = ()
+
+
+@dataclass
+class Stats:
+    base_calls: int = 0
+    module_calls: int = 0
+    drafts_proposed: int = 0
+    drafts_accepted: int = 0
+    batch: int = 1
+    prompt_tokens: int = 0
+    generated_tokens: int = 0  # over all rows
+    prefill_seconds: float = 0.0  # up to the first generated token
+    decode_seconds: float = 0.0  # from the first generated token to the last
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.drafts_accepted / self.drafts_proposed if self.drafts_proposed else None
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after each row's first, per second of decoding."""
+        return (self.generated_tokens - self.batch) / self.decode_seconds if self.decode_seconds else 0.0
+
+
+def check_request(prompts: list[list[int]], request: Request, max_seq_len: int, vocab_size: int) -> None:
+    """Refuse a request no decoder can run.
+
+    Raises:
+        GenerationError: an unknown strategy, no prompts, an empty prompt, one that leaves
+            no room to generate within max_seq_len, a token id outside the vocabulary,
+            verify with more than one prompt, or max_new_tokens < 1.
+    """
+    if request.strategy not in STRATEGIES:
+        raise GenerationError(f"unknown strategy {request.strategy!r}; expected one of {STRATEGIES}")
+    if not prompts:
+        raise GenerationError("no prompts given")
+    if request.strategy == "verify" and len(prompts) > 1:
+        raise GenerationError("verify decodes one prompt at a time; use standard or alternate for a batch")
+    if request.max_new_tokens < 1:
+        raise GenerationError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+    for prompt in prompts:
+        if not prompt:
+            raise GenerationError("the prompt is empty")
+        if len(prompt) >= max_seq_len:
+            raise GenerationError(f"the prompt has {len(prompt)} tokens; the maximum sequence length "
+                                  f"is {max_seq_len}, leaving no room to generate")
+        bad = [t for t in prompt if not 0 <= t < vocab_size]
+        if bad:
+            raise GenerationError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
