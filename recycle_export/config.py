@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from runtime.errors import ConfigError
 
@@ -85,18 +83,3 @@ class ModelConfig:
             return cls(**data)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-
-    @classmethod
-    def load(cls, path: Path) -> "ModelConfig":
-        """Read a config.json written by `save`.
-
-        Raises:
-            ConfigError: the file is not valid JSON or a field is invalid.
-        """
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
-        return cls.from_dict(data, source=str(path))

@@ -17,8 +17,7 @@ BASE, MODULE = "base", "module"
 class KVPool:
     def __init__(self, dims: C.Dims, batch: int, capacity: int):
         self.capacity = capacity
-        self.layers = {BASE: range(dims.n_layers),
-                       MODULE: range(dims.n_layers, dims.n_layers + dims.recycle_layers)}
+        self.layers = {BASE: C.full_step(dims).kv_layers, MODULE: C.recycle_step(dims).kv_layers}
         empty = np.zeros((batch, dims.n_kv_heads, 0, dims.head_dim), dtype=dims.dtype)  # (B, H_kv, 0, D)
         self.past = {name(i): empty for layers in self.layers.values() for i in layers
                      for name in (C.past_key, C.past_value)}

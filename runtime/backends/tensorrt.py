@@ -76,7 +76,7 @@ class DeviceKVPool:
     def __init__(self, dims: C.Dims, batch: int, capacity: int):
         self.rt = cudart()
         self.dims, self.batch, self.capacity = dims, batch, capacity
-        self.layers = {BASE: range(dims.n_layers), MODULE: range(dims.n_layers, dims.n_layers + dims.recycle_layers)}
+        self.layers = {BASE: C.full_step(dims).kv_layers, MODULE: C.recycle_step(dims).kv_layers}
         self.lengths = {BASE: 0, MODULE: 0}
         self.itemsize = np.dtype(dims.dtype).itemsize
         slots = capacity + C.DECODE_MAX_NEW  # a verify step may briefly hold a draft past capacity

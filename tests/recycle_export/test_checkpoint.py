@@ -4,10 +4,8 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from cli import main
 from recycle_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from runtime.artifacts import GenerationRecord
 from recycle_export.config import ModelConfig
@@ -103,15 +101,6 @@ def test_save_refuses_foreign_directory(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="holds other files"):
         save_checkpoint(Checkpoint(tiny, False), tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
-
-
-def test_cli_prints_one_error_line(saved):
-    (saved / "config.json").write_text(json.dumps({**TINY, "format": "recycle-export-checkpoint",
-                                                   "format_version": 1, "n_layers": -2}))
-    result = CliRunner().invoke(main, ["generate", "--model", str(saved), "--prompt", "hi"])
-    assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [
-        f"Error: {saved / 'config.json'}: config field 'n_layers' must be a positive integer, got -2"]
 
 
 def test_model_config_derives_head_dim():

@@ -31,23 +31,3 @@ def test_evaluation_figures(generator):
     assert figures.nll_standard > 0 and math.isfinite(figures.alternate_nll_increase)
     assert figures.alternate_nll_increase == pytest.approx(
         (figures.nll_alternate - figures.nll_standard) / figures.nll_standard)
-
-
-def test_eval_command_on_held_out_prompts_of_a_template_set(tiny_chat_checkpoint, tmp_path):
-    """`cli.py eval` encodes held-out prompts of the chosen set and prints its figures."""
-    import json
-
-    from click.testing import CliRunner
-
-    from cli import main
-    from recycle_export.export import ExportOptions, export
-
-    export(tiny_chat_checkpoint, tmp_path / "art", ExportOptions(max_seq_len=256))  # character tokens
-    args = ["eval", "--artifacts", str(tmp_path / "art"), "--prompts", "2", "--max-new-tokens", "6",
-            "--template-set", "requests", "--json", str(tmp_path / "eval.json")]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    assert "held-out prompts: 2 of the requests set" in result.output
-    assert json.loads((tmp_path / "eval.json").read_text())["prompts"] == 2
-    result = CliRunner().invoke(main, args[:4] + ["99999"] + args[5:])
-    assert result.exit_code == 1 and "--prompts must be in 1..408" in result.output

@@ -1,0 +1,72 @@
+"""The command line: one `Error: ...` line and exit status 1 for what a user gets wrong,
+and the commands' output (tests of the library behind each command live beside its package)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from recycle_export.checkpoint import Checkpoint, save_checkpoint
+from recycle_export.export import ExportOptions, export
+from runtime.artifacts import GenerationRecord
+from tests.conftest import TINY
+
+
+def test_cli_prints_one_error_line(tiny, tmp_path):
+    saved = tmp_path / "ckpt"
+    save_checkpoint(Checkpoint(tiny, True, GenerationRecord(eos_token_ids=(2,))), saved)
+    (saved / "config.json").write_text(json.dumps({**TINY, "format": "recycle-export-checkpoint",
+                                                   "format_version": 1, "n_layers": -2}))
+    result = CliRunner().invoke(main, ["generate", "--model", str(saved), "--prompt", "hi"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {saved / 'config.json'}: config field 'n_layers' must be a positive integer, got -2"]
+
+
+def test_validate_command_and_tampering(tiny_checkpoint, tmp_path):
+    out = tmp_path / "art"
+    export(tiny_checkpoint, out)
+    result = CliRunner().invoke(main, ["validate", "--artifacts", str(out)])
+    assert result.exit_code == 0 and "passed" in result.output
+    result = CliRunner().invoke(main, ["inspect", "--artifacts", str(out)])
+    assert result.exit_code == 0 and "past_key_values.2.key" in result.output and "warning:" in result.output
+    with open(out / "recycle_step.onnx", "ab") as f:
+        f.write(b"\0")
+    result = CliRunner().invoke(main, ["validate", "--artifacts", str(out)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {out}/recycle_step.onnx changed since export; re-run `cli.py export`"
+
+
+def test_eval_command_on_held_out_prompts_of_a_template_set(tiny_chat_checkpoint, tmp_path):
+    """`cli.py eval` encodes held-out prompts of the chosen set and prints its figures."""
+    export(tiny_chat_checkpoint, tmp_path / "art", ExportOptions(max_seq_len=256))  # character tokens
+    args = ["eval", "--artifacts", str(tmp_path / "art"), "--prompts", "2", "--max-new-tokens", "6",
+            "--template-set", "requests", "--json", str(tmp_path / "eval.json")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "held-out prompts: 2 of the requests set" in result.output
+    assert json.loads((tmp_path / "eval.json").read_text())["prompts"] == 2
+    result = CliRunner().invoke(main, args[:4] + ["99999"] + args[5:])
+    assert result.exit_code == 1 and "--prompts must be in 1..408" in result.output
+
+
+def test_list_targets():
+    result = CliRunner().invoke(main, ["build", "--list-targets"])
+    assert result.exit_code == 0
+    for name in ("cpu", "ort-cuda", "ort-tensorrt", "t4", "orin", "ampere", "ada", "hopper"):
+        assert f"\n{name} " in result.output
+    assert "JetPack 6" in result.output and "sm87" in result.output
+
+
+def test_tensorrt_absent_gives_a_clear_error(tiny_artifacts):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    result = CliRunner().invoke(main, ["build", "--artifacts", str(tiny_artifacts), "--target", "t4"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: TensorRT is not installed: pip install 'recycle-export[tensorrt]'")
+    result = CliRunner().invoke(main, ["build", "--artifacts", str(tiny_artifacts), "--target", "ort-cuda"])
+    assert result.exit_code == 1 and "needs CUDAExecutionProvider" in result.output
