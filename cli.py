@@ -1,4 +1,4 @@
-"""recycle-export command line: thin commands over the library (DESIGN.md section 6).
+"""recycle-export command line: thin commands over the library (docs/design.md section 7).
 
 Heavy imports live inside the commands so that `--help` is instant. User errors
 (RecycleExportError) print as one `Error: ...` line with exit status 1.

@@ -1,4 +1,4 @@
-"""The RecycleGPT model: a LLaMA-style base and the recyclable module (DESIGN.md section 1).
+"""The RecycleGPT model: a LLaMA-style base and the recyclable module (docs/design.md section 1).
 
 Positions, the attention mask and the KV cache are explicit arguments and results, so the
 ONNX export is a thin wrapper and the reference decoder owns all decoding state. KV layout

@@ -1,6 +1,6 @@
 """The PyTorch reference decoder: the oracle that the runtime is tested against.
 
-It runs the three schedules of DESIGN.md section 2 one prompt at a time and favours
+It runs the three schedules of docs/design.md section 2 one prompt at a time and favours
 clarity over speed. Every step works on "the tokens a cache has not seen yet": the base
 consumes tokens[base_len:], the module tokens[module_len:] paired with the base's hidden
 state one position earlier (h_{-1} = 0). Sampling is shared with the runtime
@@ -82,7 +82,7 @@ class ReferenceDecoder:
         self._schedules[request.strategy](self, s)
         return Generation(s.tokens[s.n_prompt:], s.finish_reason, s.stats, s.calls)
 
-    # The schedules (DESIGN.md section 2).
+    # The schedules (docs/design.md section 2).
 
     def _standard(self, s: _State) -> None:
         logits = self._base_step(s, s.tokens[s.base_len:])

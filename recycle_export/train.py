@@ -1,4 +1,4 @@
-"""Training the recyclable module (DESIGN.md section 1), resumable, with a held-out evaluation.
+"""Training the recyclable module (docs/design.md section 1), resumable, with a held-out evaluation.
 
 Frozen base (the default): the module learns, at every position j, to predict x_{j+1}
 from (h_{j-1}, x_j). The loss (recycler_loss) is cross-entropy to the next token plus a

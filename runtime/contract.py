@@ -1,5 +1,5 @@
 """The I/O contract of the two graphs: the one place where tensor names, dtypes, symbolic
-shapes and the KV layout are spelled (DESIGN.md section 3). Standard library only.
+shapes and the KV layout are spelled (docs/design.md section 3). Standard library only.
 
 KV layout, per layer, for key and value alike: [batch, kv_heads, seq, head_dim]. The base
 owns layers 0 .. L-1 and the recyclable module layers L .. L+R-1 of one namespace, so both

@@ -1,4 +1,4 @@
-"""The Generator: prompt in, tokens out, alternating the two engines (DESIGN.md sections 2, 5).
+"""The Generator: prompt in, tokens out, alternating the two engines (docs/design.md sections 2, 6).
 
 The schedules read as in the PyTorch reference decoder (recycle_export/reference.py), over
 a batch whose rows move in lockstep: every cache holds the same positions for every row,
@@ -195,7 +195,7 @@ class Generator:
         cuts = [text.find(stop) for stop in request.stop_strings if stop in text]
         return text[:min(cuts)] if cuts else text
 
-    # The schedules (DESIGN.md section 2), as in the reference decoder.
+    # The schedules (docs/design.md section 2), as in the reference decoder.
 
     def _standard(self, s: _State):
         logits = self._base_step(s, s.unseen(BASE))

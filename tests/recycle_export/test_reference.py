@@ -1,4 +1,4 @@
-"""The reference decoder's schedules (DESIGN.md section 2)."""
+"""The reference decoder's schedules (docs/design.md section 2)."""
 
 import numpy as np
 import pytest
