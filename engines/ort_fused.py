@@ -132,8 +132,8 @@ def rotary_caches(cfg: _Config) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Emitter:
-    def __init__(self, cfg: _Config, weights: Weights):
-        self.cfg, self.w, self.g = cfg, weights, _Graph()
+    def __init__(self, cfg: _Config, weights: Weights, packed_mlp: bool):
+        self.cfg, self.w, self.g, self.packed_mlp = cfg, weights, _Graph(), packed_mlp
         self.residual: str | None = None
         self.pending: str | None = None  # the last sublayer's output, not yet added to the residual
 
@@ -166,10 +166,14 @@ class _Emitter:
                           do_rotary=1, rotary_interleaved=0, scale=float(cfg.head_dim ** -0.5))
         self.pending = g.op("MatMul", [attn, g.const(f"{name}.o_proj.T", w.linear(f"{prefix}.self_attn.o_proj"))])
         x = self.norm(f"{name}.post_attention_layernorm", w.get(f"{prefix}.post_attention_layernorm.weight"))
-        gate_up = np.concatenate([w.linear(f"{prefix}.mlp.gate_proj"), w.linear(f"{prefix}.mlp.up_proj")], axis=1)
-        gate_up = g.op("MatMul", [x, g.const(f"{name}.gate_up_proj.T", gate_up)])  # (B, T, 2F)
-        split = g.const(f"{name}.gate_up_split", np.array([cfg.ffn_dim, cfg.ffn_dim], np.int64))
-        gate, up = g.op("Split", [gate_up, split], 2, axis=-1)
+        if self.packed_mlp:
+            gate_up = np.concatenate([w.linear(f"{prefix}.mlp.gate_proj"), w.linear(f"{prefix}.mlp.up_proj")], axis=1)
+            gate_up = g.op("MatMul", [x, g.const(f"{name}.gate_up_proj.T", gate_up)])  # (B, T, 2F)
+            split = g.const(f"{name}.gate_up_split", np.array([cfg.ffn_dim, cfg.ffn_dim], np.int64))
+            gate, up = g.op("Split", [gate_up, split], 2, axis=-1)
+        else:
+            gate, up = (g.op("MatMul", [x, g.const(f"{name}.{p}.T", w.linear(f"{prefix}.mlp.{p}"))])
+                        for p in ("gate_proj", "up_proj"))  # (B, T, F) each
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])  # SiLU(gate) * up
         self.pending = g.op("MatMul", [act, g.const(f"{name}.down_proj.T", w.linear(f"{prefix}.mlp.down_proj"))])
 
@@ -209,13 +213,15 @@ class _Emitter:
         return g.op("ScatterElements", [masked, indices, scores], [output], axis=2)
 
 
-def emit_graph(name: str, cfg: _Config, weights: Weights, draft_tokens: np.ndarray | None):
-    """One fused graph as a ModelProto (inputs and outputs of inplace-kv-v1)."""
+def emit_graph(name: str, cfg: _Config, weights: Weights, draft_tokens: np.ndarray | None,
+               packed_mlp: bool = True):
+    """One fused graph as a ModelProto (inputs and outputs of inplace-kv-v1). packed_mlp:
+    gate and up projections as one MatMul and a Split (else two MatMuls)."""
     from onnx import TensorProto, helper
 
     dims = C.Dims(cfg.n_layers, cfg.recycle_layers, cfg.n_kv_heads, cfg.head_dim, cfg.dim, cfg.vocab_size)
     spec = inplace_graphs(dims)[name]
-    e = _Emitter(cfg, weights)
+    e = _Emitter(cfg, weights, packed_mlp)
     g = e.g
     cos, sin = (g.const(n, a) for n, a in zip(("cos_cache", "sin_cache"), rotary_caches(cfg)))
     g.const("embed_tokens", weights.get("model.base.embed_tokens.weight"))
@@ -272,7 +278,8 @@ def quantize(proto, precision: str):
         return onnx.load(f"{tmp}/q.onnx")
 
 
-def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32") -> dict[str, Path]:
+def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32",
+                packed_mlp: bool = True) -> dict[str, Path]:
     """Write fused full_step.onnx and recycle_step.onnx (inplace-kv-v1) into `out`.
 
     Returns graph name -> path.
@@ -293,7 +300,8 @@ def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32") -> dic
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name in (C.FULL_STEP, C.RECYCLE_STEP):
-        proto = quantize(emit_graph(name, cfg, weights, draft_tokens if name == C.RECYCLE_STEP else None),
+        proto = quantize(emit_graph(name, cfg, weights, draft_tokens if name == C.RECYCLE_STEP else None,
+                                    packed_mlp),
                          precision)
         path = paths[name] = out / f"{name}.onnx"
         large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
