@@ -273,8 +273,9 @@ def quantize(proto, precision: str):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory() as tmp:  # quantize_dynamic writes a file
+        # Shape inference knows no contrib op outputs: the activations are float.
         quantize_dynamic(proto, f"{tmp}/q.onnx", op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QInt8)
+                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         return onnx.load(f"{tmp}/q.onnx")
 
 
