@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import logging
 import shutil
 import warnings
@@ -78,6 +80,7 @@ def trace_graph(model: RecycleGPT, spec: C.GraphContract, path: Path, opset: int
     finally:
         shutil.rmtree(scratch)
     share_transposed_weights(proto)
+    name_weights(proto, graph_module(model, spec.name))
     weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
     if weight_bytes > external_data_bytes:
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -118,6 +121,47 @@ def share_transposed_weights(proto) -> int:
             graph.initializer.remove(weight)
             dropped += 1
     return dropped
+
+
+def name_weights(proto, module: nn.Module) -> dict[str, str]:
+    """Name each initializer that holds a parameter after it, and record where every
+    parameter went.
+
+    The tracer's constant folding stores MatMul weights transposed under names like
+    `onnx::MatMul_624`, and deduplicates equal parameters into one initializer, so an
+    engine builder cannot find a weight's role by name. Matching by value: an initializer
+    equal to parameter P becomes `P`, one equal to P transposed becomes `P.T`. The model's
+    metadata entry C.WEIGHTS_METADATA maps every such form of every parameter (tied and
+    deduplicated ones included) to its initializer: {"model.base.norm.weight": ...,
+    "model.base.layers.0.mlp.up_proj.weight.T": ...}. Returns that map.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    def digest(array) -> tuple:
+        return array.dtype.str, array.shape, hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest()
+
+    forms: dict[tuple, list[str]] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        array = param.detach().cpu().numpy()
+        forms.setdefault(digest(array), []).append(name)
+        if array.ndim == 2:
+            forms.setdefault(digest(array.T), []).append(f"{name}.T")
+    renames, where = {}, {}
+    for tensor in proto.graph.initializer:
+        names = forms.get(digest(numpy_helper.to_array(tensor)), [])
+        if not names:
+            continue
+        if tensor.name not in names:
+            renames[tensor.name] = tensor.name = names[0]
+        where.update(dict.fromkeys(names, tensor.name))
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = C.WEIGHTS_METADATA, json.dumps(where, sort_keys=True)
+    return where
 
 
 def export(model_path: Path, out: Path, options: ExportOptions = ExportOptions(),

@@ -50,6 +50,8 @@ HIDDEN_STATES = "hidden_states"
 # ONNX forbids an output named like an input, so recycle_step's own state g gets its own name.
 MODULE_HIDDEN_STATES = "module_hidden_states"
 LOGITS = "logits"
+# ONNX metadata entry of each exported graph: {parameter or "parameter.T": initializer name}.
+WEIGHTS_METADATA = "recycle_export.weights"
 
 
 def past_key(layer: int) -> str:

@@ -1,0 +1,312 @@
+"""Fused graphs for ONNX Runtime (CPU), contract inplace-kv-v1, emitted from an export's
+weights with onnx.helper as onnxruntime-genai's builder does (onnx and numpy only).
+
+Per decoder layer: (Skip)SimplifiedLayerNormalization (residual add fused into the RMSNorm),
+one packed QKV MatMul, com.microsoft GroupQueryAttention (rotary inside, KV written in place
+into a fixed-capacity buffer), o_proj, (Skip)SimplifiedLayerNormalization, one packed
+gate/up MatMul, SiLU(gate) * up, down_proj. The LM head runs on the last num_logits rows only.
+The portable graphs stay the truth: benchmarks/fused_check.py checks these against them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.inplace_contract_proposal import SEQLENS_K, TOTAL_SEQUENCE_LENGTH, inplace_graphs
+from runtime import contract as C
+from runtime.artifacts import Artifacts
+from runtime.errors import EngineBuildError
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+MASKED_LOGIT = -65504.0  # recycle_export.model.MASKED_LOGIT: the module's logit outside its draft vocabulary
+PRECISIONS = ("fp32", "int4", "int8")
+EXTERNAL_DATA_BYTES = 1 << 30  # as the exporter: past this, weights go beside the graph
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class _Config:
+    """What the emitter needs from the manifest's config."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    vocab_size: int
+    rope_theta: float
+    norm_eps: float
+    max_seq_len: int
+    recycle_layers: int
+
+    @classmethod
+    def from_manifest(cls, config: dict) -> "_Config":
+        head_dim = config.get("head_dim") or config["dim"] // config["n_heads"]
+        return cls(config["dim"], config["n_layers"], config["n_heads"], config["n_kv_heads"], head_dim,
+                   config["ffn_dim"], config["vocab_size"], float(config["rope_theta"]),
+                   float(config["norm_eps"]), config["max_seq_len"], config["recycle_layers"])
+
+
+class Weights:
+    """The portable graphs' parameters, found through the map the exporter writes into each
+    graph's metadata (C.WEIGHTS_METADATA: parameter or "parameter.T" -> initializer)."""
+
+    def __init__(self, artifacts: Artifacts):
+        import onnx
+        from onnx import numpy_helper
+
+        self._arrays: dict[str, np.ndarray] = {}
+        self._where: dict[str, str] = {}
+        for name in (C.FULL_STEP, C.RECYCLE_STEP):
+            path = artifacts.graph_path(name)
+            proto = onnx.load(str(path))
+            meta = {p.key: p.value for p in proto.metadata_props}
+            if C.WEIGHTS_METADATA not in meta:
+                raise EngineBuildError(f"{path} does not say which initializer holds which parameter "
+                                       f"(an export older than the fused builder): re-run `cli.py export`")
+            for key, init in json.loads(meta[C.WEIGHTS_METADATA]).items():
+                self._where[key] = f"{name}/{init}"
+            for tensor in proto.graph.initializer:
+                self._arrays[f"{name}/{tensor.name}"] = numpy_helper.to_array(tensor)
+            del proto
+
+    def __contains__(self, param: str) -> bool:
+        return param in self._where or f"{param}.T" in self._where
+
+    def get(self, param: str) -> np.ndarray:
+        """The parameter as PyTorch holds it. Raises: EngineBuildError when absent."""
+        if param in self._where:
+            return self._arrays[self._where[param]]
+        if f"{param}.T" in self._where:
+            return self._arrays[self._where[f"{param}.T"]].T
+        raise EngineBuildError(f"the export has no parameter {param!r}: re-run `cli.py export`")
+
+    def same(self, a: str, b: str) -> bool:
+        """Whether two parameters are one tensor (tied, or deduplicated by the tracer)."""
+        return a in self._where and self._where.get(a) == self._where.get(b)
+
+    def linear(self, module: str) -> np.ndarray:
+        """A Linear layer's weight as MatMul's right operand: (in, out)."""
+        return np.ascontiguousarray(self.get(f"{module}.weight").T)
+
+    def buffer(self, graph: str, name: str) -> np.ndarray | None:
+        return self._arrays.get(f"{graph}/{name}")
+
+
+class _Graph:
+    """Nodes and initializers of one graph under construction, with unique names."""
+
+    def __init__(self):
+        self.nodes, self.initializers, self._count = [], [], 0
+
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs):
+        from onnx import helper
+
+        self._count += 1
+        name = f"/{op_type}_{self._count}"
+        names = [f"{name}/out{i}" for i in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=name, domain=domain or None, **attrs))
+        return names[0] if len(names) == 1 else names
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+
+def rotary_caches(cfg: _Config) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin (max_seq_len, head_dim / 2), computed in float32 as the model does."""
+    inv_freq = (1.0 / np.float32(cfg.rope_theta) ** (np.arange(0, cfg.head_dim, 2, dtype=np.float32)
+                                                     / np.float32(cfg.head_dim))).astype(np.float32)
+    angles = np.arange(cfg.max_seq_len, dtype=np.float32)[:, None] * inv_freq[None]  # (S, D/2)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+class _Emitter:
+    def __init__(self, cfg: _Config, weights: Weights, packed_mlp: bool):
+        self.cfg, self.w, self.g, self.packed_mlp = cfg, weights, _Graph(), packed_mlp
+        self.residual: str | None = None
+        self.pending: str | None = None  # the last sublayer's output, not yet added to the residual
+
+    def norm(self, weight: str, gamma: np.ndarray, output: str | None = None) -> str:
+        """RMSNorm of residual + pending; the sum becomes the new residual."""
+        g, gamma = self.g, self.g.const(weight, gamma)
+        out = [output or f"/{weight}/out"]
+        if self.pending is None:
+            normed = g.op("SimplifiedLayerNormalization", [self.residual, gamma], out,
+                          axis=-1, epsilon=self.cfg.norm_eps, stash_type=1)
+        else:
+            normed, _, _, self.residual = g.op("SkipSimplifiedLayerNormalization",
+                                               [self.pending, self.residual, gamma],
+                                               out + ["", "", f"/{weight}/residual"],
+                                               domain="com.microsoft", epsilon=self.cfg.norm_eps)
+        self.pending = None
+        return normed
+
+    def layer(self, prefix: str, index: int, cos: str, sin: str) -> None:
+        cfg, g, w = self.cfg, self.g, self.w
+        name = f"layers.{index}"
+        x = self.norm(f"{name}.input_layernorm", w.get(f"{prefix}.input_layernorm.weight"))
+        qkv = np.concatenate([w.linear(f"{prefix}.self_attn.{p}") for p in ("q_proj", "k_proj", "v_proj")], axis=1)
+        qkv = g.op("MatMul", [x, g.const(f"{name}.qkv_proj.T", qkv)])  # (B, T, (H + 2 H_kv) D)
+        attn, _, _ = g.op("GroupQueryAttention",
+                          [qkv, "", "", C.past_key(index), C.past_value(index), SEQLENS_K,
+                           TOTAL_SEQUENCE_LENGTH, cos, sin],
+                          ["/" + name + "/attn", C.present_key(index), C.present_value(index)],
+                          domain="com.microsoft", num_heads=cfg.n_heads, kv_num_heads=cfg.n_kv_heads,
+                          do_rotary=1, rotary_interleaved=0, scale=float(cfg.head_dim ** -0.5))
+        self.pending = g.op("MatMul", [attn, g.const(f"{name}.o_proj.T", w.linear(f"{prefix}.self_attn.o_proj"))])
+        x = self.norm(f"{name}.post_attention_layernorm", w.get(f"{prefix}.post_attention_layernorm.weight"))
+        if self.packed_mlp:
+            gate_up = np.concatenate([w.linear(f"{prefix}.mlp.gate_proj"), w.linear(f"{prefix}.mlp.up_proj")], axis=1)
+            gate_up = g.op("MatMul", [x, g.const(f"{name}.gate_up_proj.T", gate_up)])  # (B, T, 2F)
+            split = g.const(f"{name}.gate_up_split", np.array([cfg.ffn_dim, cfg.ffn_dim], np.int64))
+            gate, up = g.op("Split", [gate_up, split], 2, axis=-1)
+        else:
+            gate, up = (g.op("MatMul", [x, g.const(f"{name}.{p}.T", w.linear(f"{prefix}.mlp.{p}"))])
+                        for p in ("gate_proj", "up_proj"))  # (B, T, F) each
+        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])  # SiLU(gate) * up
+        self.pending = g.op("MatMul", [act, g.const(f"{name}.down_proj.T", w.linear(f"{prefix}.mlp.down_proj"))])
+
+    def last_rows(self, hidden: str) -> str:
+        """hidden[:, -num_logits:]: (B, N, dim)."""
+        g = self.g
+        start = g.op("Neg", [C.NUM_LOGITS_INPUT])
+        return g.op("Slice", [hidden, start, g.const("int64_max", np.array([_INT64_MAX], np.int64)),
+                              g.const("axis_1", np.array([1], np.int64))])
+
+    def lm_head(self, last: str, output: str) -> str:
+        """The base's LM head on (B, N, dim). A head tied to the embedding stays one matrix:
+        Gemm(transB=1) on the embedding, on a 2-D view (engines.onnx_graphs.unshare_lm_head
+        turns it into a MatMul for the weight quantizers)."""
+        g, w, cfg = self.g, self.w, self.cfg
+        if not w.same("model.base.lm_head.weight", "model.base.embed_tokens.weight"):
+            return g.op("MatMul", [last, g.const("lm_head.T", w.linear("model.base.lm_head"))], [output])
+        flat = g.op("Reshape", [last, g.const("rows_by_dim", np.array([-1, cfg.dim], np.int64))])  # (BN, dim)
+        scores = g.op("Gemm", [flat, "embed_tokens"], transB=1)  # (BN, V)
+        shape = g.op("Concat", [g.op("Shape", [last], start=0, end=2),
+                                g.const("vocab", np.array([cfg.vocab_size], np.int64))], axis=0)
+        return g.op("Reshape", [scores, shape], [output])  # (B, N, V)
+
+    def draft_head(self, last: str, tokens: np.ndarray, output: str) -> str:
+        """The module's head over its K draft tokens, scattered into rows of MASKED_LOGIT."""
+        from onnx import TensorProto, helper
+
+        g, cfg = self.g, self.cfg
+        rows = self.w.get("model.base.lm_head.weight")[tokens]  # (K, dim)
+        scores = g.op("MatMul", [last, g.const("draft_head.T", np.ascontiguousarray(rows.T))])  # (B, N, K)
+        batch_rows = g.op("Shape", [scores], start=0, end=2)
+        full = g.op("Concat", [batch_rows, g.const("vocab", np.array([cfg.vocab_size], np.int64))], axis=0)
+        masked = g.op("ConstantOfShape", [full],
+                      value=helper.make_tensor("masked", TensorProto.FLOAT, [1], [MASKED_LOGIT]))  # (B, N, V)
+        index_shape = g.op("Concat", [batch_rows, g.const("draft_k", np.array([len(tokens)], np.int64))], axis=0)
+        indices = g.op("Expand", [g.const("draft_tokens", tokens.astype(np.int64)), index_shape])  # (B, N, K)
+        return g.op("ScatterElements", [masked, indices, scores], [output], axis=2)
+
+
+def emit_graph(name: str, cfg: _Config, weights: Weights, draft_tokens: np.ndarray | None,
+               packed_mlp: bool = True):
+    """One fused graph as a ModelProto (inputs and outputs of inplace-kv-v1). packed_mlp:
+    gate and up projections as one MatMul and a Split (else two MatMuls)."""
+    from onnx import TensorProto, helper
+
+    dims = C.Dims(cfg.n_layers, cfg.recycle_layers, cfg.n_kv_heads, cfg.head_dim, cfg.dim, cfg.vocab_size)
+    spec = inplace_graphs(dims)[name]
+    e = _Emitter(cfg, weights, packed_mlp)
+    g = e.g
+    cos, sin = (g.const(n, a) for n, a in zip(("cos_cache", "sin_cache"), rotary_caches(cfg)))
+    g.const("embed_tokens", weights.get("model.base.embed_tokens.weight"))
+    embedded = g.op("Gather", ["embed_tokens", C.INPUT_IDS])  # (B, T, dim)
+    if name == C.FULL_STEP:
+        e.residual, prefix, hidden_out = embedded, "model.base", C.HIDDEN_STATES
+    else:
+        both = g.op("Concat", [C.HIDDEN_STATES, embedded], axis=-1)  # (B, T, 2 dim): h_{j-1}, embed(x_j)
+        fuse = g.const("fuse.T", weights.linear("model.recycler.fuse"))
+        e.residual, prefix, hidden_out = g.op("MatMul", [both, fuse]), "model.recycler", C.MODULE_HIDDEN_STATES
+    for local, index in enumerate(spec.kv_layers):
+        e.layer(f"{prefix}.layers.{local}", index, cos, sin)
+    hidden = e.norm("norm", weights.get(f"{prefix}.norm.weight"), hidden_out)
+    last = e.last_rows(hidden)
+    if draft_tokens is None:
+        e.lm_head(last, C.LOGITS)
+    else:
+        e.draft_head(last, draft_tokens, C.LOGITS)
+    types = {"int64": TensorProto.INT64, "int32": TensorProto.INT32, "float32": TensorProto.FLOAT}
+
+    def info(t: C.TensorSpec):
+        return helper.make_tensor_value_info(t.name, types[t.dtype], list(t.shape))
+
+    graph = helper.make_graph(g.nodes, f"{name}_fused", [info(t) for t in spec.inputs],
+                              [info(t) for t in spec.outputs], g.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                   helper.make_opsetid("com.microsoft", 1)],
+                             producer_name="recycle-export engines.ort_fused")
+
+
+def quantize(proto, precision: str):
+    """Weight-quantize a fused graph's MatMuls (the embedding's Gather stays float)."""
+    from engines.onnx_graphs import unshare_lm_head
+    from engines.ort import INT4_ACCURACY_LEVEL, INT4_BLOCK
+
+    if precision == "fp32":
+        return proto
+    unshare_lm_head(proto)
+    if precision == "int4":
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=INT4_BLOCK, is_symmetric=True,
+                                         accuracy_level=INT4_ACCURACY_LEVEL)
+        quantizer.process()
+        return quantizer.model.model
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:  # quantize_dynamic writes a file
+        # Shape inference knows no contrib op outputs: the activations are float.
+        quantize_dynamic(proto, f"{tmp}/q.onnx", op_types_to_quantize=["MatMul"], per_channel=True,
+                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        return onnx.load(f"{tmp}/q.onnx")
+
+
+def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32",
+                packed_mlp: bool = True) -> dict[str, Path]:
+    """Write fused full_step.onnx and recycle_step.onnx (inplace-kv-v1) into `out`.
+
+    Returns graph name -> path.
+    Raises: EngineBuildError for an export this builder cannot read (not float32, or
+        without the exporter's weight map) or an unknown precision.
+    """
+    import onnx
+
+    if precision not in PRECISIONS:
+        raise EngineBuildError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if artifacts.dims.dtype != "float32":
+        raise EngineBuildError(f"the fused ONNX Runtime build reads float32 exports (onnxruntime's CPU "
+                               f"GroupQueryAttention is float32 only), this one is {artifacts.dims.dtype}")
+    cfg = _Config.from_manifest(artifacts.manifest["config"])
+    weights = Weights(artifacts)
+    draft_tokens = weights.buffer(C.RECYCLE_STEP, "model.recycler.draft_tokens")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name in (C.FULL_STEP, C.RECYCLE_STEP):
+        proto = quantize(emit_graph(name, cfg, weights, draft_tokens if name == C.RECYCLE_STEP else None,
+                                    packed_mlp),
+                         precision)
+        path = paths[name] = out / f"{name}.onnx"
+        large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
+        onnx.save_model(proto, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data")
+        log.info("fused %s (%s): %d nodes", name, precision, len(proto.graph.node))
+    return paths
