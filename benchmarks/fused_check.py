@@ -23,7 +23,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engines.inplace_contract_proposal import SEQLENS_K, TOTAL_SEQUENCE_LENGTH  # noqa: E402
 from runtime import contract as C  # noqa: E402
 from runtime.artifacts import Artifacts  # noqa: E402
 
@@ -96,8 +95,8 @@ class FusedStepper:
         new = len(ids)
         total = self.length + new
         assert total <= self.capacity
-        self._feeds = {C.INPUT_IDS: np.array([ids], np.int64), SEQLENS_K: np.array([total - 1], np.int32),
-                       TOTAL_SEQUENCE_LENGTH: np.array(total, np.int32),
+        self._feeds = {C.INPUT_IDS: np.array([ids], np.int64), C.SEQLENS_K: np.array([total - 1], np.int32),
+                       C.TOTAL_SEQUENCE_LENGTH: np.array(total, np.int32),
                        C.NUM_LOGITS_INPUT: np.array([num_logits], np.int64)}
         if hidden is not None:
             self._feeds[C.HIDDEN_STATES] = np.ascontiguousarray(hidden, np.float32)
@@ -124,7 +123,7 @@ def parity(art: Artifacts, fused_dir: Path, threads: int, ref_paths: dict | None
     ref_paths = ref_paths or {n: art.graph_path(n) for n in (C.FULL_STEP, C.RECYCLE_STEP)}
     ref = {n: session(p, threads) for n, p in ref_paths.items()}
     fus = {n: session(fused_dir / f"{n}.onnx", threads) for n in (C.FULL_STEP, C.RECYCLE_STEP)}
-    if art.manifest.get("tokenizer"):
+    if art.manifest.tokenizer:
         prompt = art.codec().encode(PROMPT, chat=True)
     else:  # the tiny test model has no tokenizer: any ids will do
         prompt = [int(t) for t in np.random.default_rng(0).integers(3, dims.vocab_size, 40)]
@@ -245,16 +244,17 @@ def bench_one(kind: str, art_dir: str, graphs_dir: str, threads: int, repeats: i
 
 
 def portable_build(art: Artifacts, out: Path, precision: str) -> Path:
-    """The portable graphs under engines.ort's CPU build (fp32: the export itself)."""
+    """The portable graphs weight-quantized as the fused ones are (fp32: the export itself)."""
     if precision == "fp32":
         return art.folder
-    from engines.ort import build_graph
-    from engines.targets import TARGETS
+    import onnx
+
+    from engines.ort_fused import quantize
 
     out.mkdir(parents=True, exist_ok=True)
     for name in (C.FULL_STEP, C.RECYCLE_STEP):
         if not (out / f"{name}.onnx").is_file():
-            build_graph(art.graph_path(name), out / f"{name}.onnx", TARGETS["cpu"], precision)
+            onnx.save_model(quantize(onnx.load(str(art.graph_path(name))), precision), str(out / f"{name}.onnx"))
     return out
 
 

@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Callable
 
-from engines.onnx_graphs import unshare_lm_head
+from engines.ort_fused import build_fused
 from engines.targets import Target
 from runtime import contract as C
 from runtime.artifacts import Artifacts
@@ -18,9 +18,6 @@ from runtime.files import hash_files, staged_folder
 
 log = logging.getLogger(__name__)
 
-INT4_BLOCK = 32  # weights per scale: the granularity onnxruntime-genai uses for CPU int4
-# MatMulNBits accuracy level 4: int8 activations in the dot products, the fast CPU path.
-INT4_ACCURACY_LEVEL = 4
 ACCURACY_PROMPTS = 8  # held-out prompts (with the float graphs' greedy answers) per quantized build
 ACCURACY_ANSWER_TOKENS = 32
 
@@ -36,20 +33,26 @@ def build_session_files(artifacts: Artifacts, target: Target, precision: str, ou
     import onnxruntime
 
     check_providers(target)
+    fused = target.name == "cpu"
     with staged_folder(out, ENGINE_JSON) as tmp:
-        graphs = {}
-        for name in C.graphs(artifacts.dims):
-            progress(f"building {name} ({precision})")
-            graphs[name] = f"{name}.onnx"
-            build_graph(artifacts.graph_path(name), tmp / graphs[name], target, precision)
+        graphs = {name: f"{name}.onnx" for name in C.graphs(artifacts.dims)}
+        if fused:
+            progress(f"emitting fused graphs ({precision})")
+            build_fused(artifacts, tmp, precision)
+        else:
+            for name in graphs:
+                progress(f"building {name} ({precision})")
+                ship_graph(artifacts.graph_path(name), tmp / graphs[name])
+        kv_contract = C.INPLACE_CONTRACT_NAME if fused else C.CONTRACT_NAME
         accuracy = None
         if target.name == "cpu" and precision != "fp32":
             progress("measuring accuracy against the float graphs")
-            accuracy = accuracy_report(artifacts, tmp, graphs, _accuracy_prompts(artifacts))
+            accuracy = accuracy_report(artifacts, tmp, graphs, _accuracy_prompts(artifacts), kv_contract)
         device = {"name": platform.processor() or platform.machine(), "compute_capability": None}
         record = EngineRecord.create(artifacts, target.name, precision, "onnxruntime", onnxruntime.__version__,
                                      device, graphs, hash_files(tmp),
-                                     session=session_settings(target, precision, out), accuracy=accuracy)
+                                     session=session_settings(target, precision, out), accuracy=accuracy,
+                                     kv_contract=kv_contract)
         record.write(tmp)
     return record
 
@@ -65,39 +68,12 @@ def session_settings(target: Target, precision: str, folder: Path) -> dict:
     return settings
 
 
-def build_graph(source: Path, out: Path, target: Target, precision: str) -> None:
-    """Write the build of one graph: optimized (fp32) or weight-quantized (int8, int4)."""
+def ship_graph(source: Path, out: Path) -> None:
+    """onnxruntime-gpu targets: the exported graph as it is (with its weights in the file);
+    the GPU providers optimize it for themselves at load time."""
     import onnx
-    import onnxruntime as ort
 
-    if target.name != "cpu":
-        # onnxruntime-gpu optimizes for its own providers at load time; ship the graph.
-        onnx.save_model(onnx.load(str(source)), str(out))
-        return
-    if precision == "fp32":
-        # Offline optimization at the extended level: the all-level layout rewrites are
-        # machine-specific, so the runtime applies them when it loads the build.
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(out)
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        return
-    proto = onnx.load(str(source))
-    unshare_lm_head(proto)
-    if precision == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(proto, str(out), op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QInt8)
-    elif precision == "int4":
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=INT4_BLOCK, is_symmetric=True,
-                                         accuracy_level=INT4_ACCURACY_LEVEL)
-        quantizer.process()
-        onnx.save_model(quantizer.model.model, str(out))
-    else:
-        raise EngineBuildError(f"precision {precision!r} is not an onnxruntime CPU build")
+    onnx.save_model(onnx.load(str(source)), str(out))
 
 
 def check_providers(target: Target) -> None:
@@ -112,7 +88,7 @@ def check_providers(target: Target) -> None:
 
 
 def accuracy_report(artifacts: Artifacts, folder: Path, graphs: dict[str, str],
-                    sequences: list[tuple[list[int], list[int]]]) -> dict:
+                    sequences: list[tuple[list[int], list[int]]], kv_contract: str = C.CONTRACT_NAME) -> dict:
     """The build against the exported float graphs on (prompt, answer) pairs: per graph the
     max abs logit difference and the next-token (argmax) agreement over the positions that
     predict the answer tokens, the positions decoding visits. (Prompt positions are left
@@ -123,7 +99,8 @@ def accuracy_report(artifacts: Artifacts, folder: Path, graphs: dict[str, str],
     from runtime.evaluate import teacher_forced
 
     reference = OrtBackend(artifacts)
-    build = OrtBackend(artifacts, model_paths={name: folder / file for name, file in graphs.items()})
+    build = OrtBackend(artifacts, model_paths={name: folder / file for name, file in graphs.items()},
+                       kv_contract=kv_contract)
     names = ("full_step", "recycle_step")
     worst, agree = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
     for prompt, answer in sequences:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.inplace_contract_proposal import SEQLENS_K, TOTAL_SEQUENCE_LENGTH, inplace_graphs
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.errors import EngineBuildError
@@ -29,6 +28,9 @@ MASKED_LOGIT = -65504.0  # recycle_export.model.MASKED_LOGIT: the module's logit
 PRECISIONS = ("fp32", "int4", "int8")
 EXTERNAL_DATA_BYTES = 1 << 30  # as the exporter: past this, weights go beside the graph
 _INT64_MAX = np.iinfo(np.int64).max
+INT4_BLOCK = 32  # weights per scale: the granularity onnxruntime-genai uses for CPU int4
+# MatMulNBits accuracy level 4: int8 activations in the dot products, the fast CPU path.
+INT4_ACCURACY_LEVEL = 4
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,8 @@ class _Emitter:
         qkv = np.concatenate([w.linear(f"{prefix}.self_attn.{p}") for p in ("q_proj", "k_proj", "v_proj")], axis=1)
         qkv = g.op("MatMul", [x, g.const(f"{name}.qkv_proj.T", qkv)])  # (B, T, (H + 2 H_kv) D)
         attn, _, _ = g.op("GroupQueryAttention",
-                          [qkv, "", "", C.past_key(index), C.past_value(index), SEQLENS_K,
-                           TOTAL_SEQUENCE_LENGTH, cos, sin],
+                          [qkv, "", "", C.past_key(index), C.past_value(index), C.SEQLENS_K,
+                           C.TOTAL_SEQUENCE_LENGTH, cos, sin],
                           ["/" + name + "/attn", C.present_key(index), C.present_value(index)],
                           domain="com.microsoft", num_heads=cfg.n_heads, kv_num_heads=cfg.n_kv_heads,
                           do_rotary=1, rotary_interleaved=0, scale=float(cfg.head_dim ** -0.5))
@@ -220,7 +222,7 @@ def emit_graph(name: str, cfg: _Config, weights: Weights, draft_tokens: np.ndarr
     from onnx import TensorProto, helper
 
     dims = C.Dims(cfg.n_layers, cfg.recycle_layers, cfg.n_kv_heads, cfg.head_dim, cfg.dim, cfg.vocab_size)
-    spec = inplace_graphs(dims)[name]
+    spec = C.inplace_graphs(dims)[name]
     e = _Emitter(cfg, weights, packed_mlp)
     g = e.g
     cos, sin = (g.const(n, a) for n, a in zip(("cos_cache", "sin_cache"), rotary_caches(cfg)))
@@ -255,7 +257,6 @@ def emit_graph(name: str, cfg: _Config, weights: Weights, draft_tokens: np.ndarr
 def quantize(proto, precision: str):
     """Weight-quantize a fused graph's MatMuls (the embedding's Gather stays float)."""
     from engines.onnx_graphs import unshare_lm_head
-    from engines.ort import INT4_ACCURACY_LEVEL, INT4_BLOCK
 
     if precision == "fp32":
         return proto
@@ -294,7 +295,7 @@ def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32",
     if artifacts.dims.dtype != "float32":
         raise EngineBuildError(f"the fused ONNX Runtime build reads float32 exports (onnxruntime's CPU "
                                f"GroupQueryAttention is float32 only), this one is {artifacts.dims.dtype}")
-    cfg = _Config.from_manifest(artifacts.manifest["config"])
+    cfg = _Config.from_manifest(artifacts.manifest.config)
     weights = Weights(artifacts)
     draft_tokens = weights.buffer(C.RECYCLE_STEP, "model.recycler.draft_tokens")
     out = Path(out)

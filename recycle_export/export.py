@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 from recycle_export.checkpoint import Checkpoint, load_checkpoint
 from recycle_export.graphs import TORCH_DTYPES, example_inputs, graph_module

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-CONTRACT_NAME = "concat-kv-v1"  # growing KV: present = concat(past, new)
+CONTRACT_NAME = "concat-kv-v1"  # growing KV: present = concat(past, new); the exported graphs
+# Fixed-capacity KV updated in place (ONNX Runtime's GroupQueryAttention, past and present
+# bound to one buffer): the fused ONNX Runtime engines. Lengths come as SEQLENS_K and
+# TOTAL_SEQUENCE_LENGTH instead of position_ids and attention_mask; see inplace_graphs.
+INPLACE_CONTRACT_NAME = "inplace-kv-v1"
+KV_CONTRACTS = (CONTRACT_NAME, INPLACE_CONTRACT_NAME)
+SEQLENS_K = "seqlens_k"
+TOTAL_SEQUENCE_LENGTH = "total_sequence_length"
 FULL_STEP = "full_step"
 RECYCLE_STEP = "recycle_step"
 FLOAT_DTYPES = ("float32", "float16")
@@ -39,8 +46,8 @@ def dtype_name(value, library: str) -> str:
     return next((name for name, row in ELEMENT_TYPES.items() if row[column] == value), str(value))
 
 
-# Symbolic dimensions.
-BATCH, NEW, PAST, TOTAL, NUM_LOGITS = "batch", "new", "past", "total", "num_logits"
+# Symbolic dimensions; CAPACITY is an in-place KV buffer's length (at most max_seq_len).
+BATCH, NEW, PAST, TOTAL, NUM_LOGITS, CAPACITY = "batch", "new", "past", "total", "num_logits", "capacity"
 
 INPUT_IDS = "input_ids"
 POSITION_IDS = "position_ids"
@@ -156,8 +163,37 @@ def select_profile(new: int) -> int:
     return 0 if new <= DECODE_MAX_NEW else 1
 
 
-def graphs(dims: Dims) -> dict[str, GraphContract]:
+def graphs(dims: Dims, kv_contract: str = CONTRACT_NAME) -> dict[str, GraphContract]:
+    """Both graphs under `kv_contract` (one of KV_CONTRACTS)."""
+    if kv_contract == INPLACE_CONTRACT_NAME:
+        return inplace_graphs(dims)
     return {FULL_STEP: full_step(dims), RECYCLE_STEP: recycle_step(dims)}
+
+
+def _inplace_graph(base: GraphContract) -> GraphContract:
+    """`base` (concat-kv-v1) under inplace-kv-v1: past and present KV of shape
+    [batch, kv_heads, capacity, head_dim], each present bound to its past's buffer (the
+    graph writes positions [total - new, total) and leaves the rest alone); position_ids
+    and attention_mask give way to seqlens_k (int32 [batch], total - 1) and
+    total_sequence_length (int32 scalar). New token s sits at position total - new + s,
+    its rotary position too, and attends causally, so rolling a cache back by k
+    positions is only a length change: the next step overwrites the stale rows. Rows
+    start at position 0 (no left padding): these engines decode one prompt at a time."""
+    def kv(t: TensorSpec) -> TensorSpec:
+        return TensorSpec(t.name, t.dtype, (BATCH, t.shape[1], CAPACITY, t.shape[3]))
+
+    inputs = []
+    for t in base.inputs:
+        if t.name == POSITION_IDS:
+            inputs += [TensorSpec(SEQLENS_K, "int32", (BATCH,)), TensorSpec(TOTAL_SEQUENCE_LENGTH, "int32", ())]
+        elif t.name != ATTENTION_MASK:
+            inputs.append(kv(t) if t.name.startswith("past_key_values.") else t)
+    outputs = [kv(t) if t.name.startswith("present.") else t for t in base.outputs]
+    return GraphContract(base.name, tuple(inputs), tuple(outputs), base.kv_layers)
+
+
+def inplace_graphs(dims: Dims) -> dict[str, GraphContract]:
+    return {name: _inplace_graph(spec) for name, spec in graphs(dims).items()}
 
 
 def kv_description(dims: Dims) -> dict:

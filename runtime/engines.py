@@ -50,6 +50,7 @@ class EngineRecord:
     session: dict | None = None  # ONNX Runtime: the session settings the runtime applies
     accuracy: dict | None = None  # quantized builds: figures against the float graphs
     timing_cache: str | None = None  # TensorRT: the timing cache the build used
+    kv_contract: str = C.CONTRACT_NAME  # the graphs' KV form (contract.KV_CONTRACTS)
     format: str = ENGINE_FORMAT
     format_version: int = ENGINE_FORMAT_VERSION
 
@@ -87,10 +88,12 @@ class EngineRecord:
             session.get("provider_options", dict)
         profiles = f.sub("profiles", optional=True)
         accuracy = f.sub("accuracy", optional=True)
+        kv_contract = f.choice("kv_contract", C.KV_CONTRACTS)
         return cls(f.get("target", str), f.get("precision", str), backend, f.get("backend_version", str),
                    dict(device.data), dict(graphs.data), None if profiles is None else dict(profiles.data),
                    f.hashes("source"), f.hashes("files"), None if session is None else dict(session.data),
-                   None if accuracy is None else dict(accuracy.data), f.get("timing_cache", str, optional=True))
+                   None if accuracy is None else dict(accuracy.data), f.get("timing_cache", str, optional=True),
+                   kv_contract)
 
 
 @dataclass(frozen=True)

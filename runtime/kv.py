@@ -1,11 +1,16 @@
-"""The KV pool: both graphs' caches in one layer namespace (base 0..L-1, module L..L+R-1).
+"""KV pools: both graphs' caches in one layer namespace (base 0..L-1, module L..L+R-1),
+a length per cache, commit of a step and rollback by positions (a rejected draft).
 
-The concat contract's graphs return present = concat(past, new) for every layer; the pool
-keeps those arrays as the next step's past (no copy on our side), tracks each cache's
-length, and rolls a cache back by positions when a draft is rejected.
+- KVPool (concat-kv-v1): the graphs return present = concat(past, new) for every layer;
+  the pool keeps those arrays as the next step's past (no copy on our side).
+- InplaceKVPool (inplace-kv-v1): one fixed-capacity buffer per layer, key and value, that
+  the graph reads as past and writes as present (the backend binds both to it); a commit
+  or a rollback only changes a length.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,3 +57,51 @@ class KVPool:
             for name in (C.past_key, C.past_value):
                 self.past[name(i)] = np.ascontiguousarray(self.past[name(i)][:, :, :length])
         self.lengths[cache] = length
+
+
+@dataclass(frozen=True)
+class InplaceOutputs:
+    buffers: dict  # present.* name -> buffer
+    bindings: dict  # graph name -> the backend's binding of the pool's buffers, kept by the pool
+
+
+class InplaceKVPool:
+    """Fixed-capacity buffers, (1, H_kv, capacity, D) per layer, key and value. `buffers`
+    maps each past_key_values.* name to its buffer as the backend binds it (an
+    onnxruntime OrtValue over `arrays`); output_buffers gives the present.* names the
+    same buffers."""
+
+    def __init__(self, dims: C.Dims, capacity: int, wrap=lambda array: array):
+        self.capacity = capacity
+        self.layers = {BASE: C.full_step(dims).kv_layers, MODULE: C.recycle_step(dims).kv_layers}
+        shape = (1, dims.n_kv_heads, capacity, dims.head_dim)  # (B, H_kv, capacity, D)
+        # np.zeros maps pages lazily: a long capacity costs only the positions decoding reaches.
+        self.arrays = {name(i): np.zeros(shape, dtype=dims.dtype) for layers in self.layers.values()
+                       for i in layers for name in (C.past_key, C.past_value)}
+        self.buffers = {name: wrap(array) for name, array in self.arrays.items()}
+        self.lengths = {BASE: 0, MODULE: 0}
+        self.bindings: dict = {}  # graph -> the backend's binding of these buffers, made once
+
+    def feeds(self, cache: str) -> dict:
+        return {name(i): self.buffers[name(i)] for i in self.layers[cache] for name in (C.past_key, C.past_value)}
+
+    def output_buffers(self, cache: str) -> "InplaceOutputs":
+        """present.* name -> the buffer its past_key_values.* reads (the graph updates it in
+        place), with the pool's bindings for the backend to reuse."""
+        return InplaceOutputs({present(i): self.buffers[past(i)] for i in self.layers[cache]
+                               for past, present in ((C.past_key, C.present_key), (C.past_value, C.present_value))},
+                              self.bindings)
+
+    def commit(self, cache: str, outputs: dict, new: int) -> None:
+        """The graph wrote `new` positions after the cache's length; count them."""
+        assert self.lengths[cache] + new <= self.capacity, f"{cache} cache overflow"
+        self.lengths[cache] += new
+
+    def rollback(self, cache: str, n: int) -> None:
+        """Forget the last `n` positions: the next step overwrites them."""
+        assert 0 <= n <= self.lengths[cache]
+        self.lengths[cache] -= n
+
+    def close(self) -> None:
+        self.bindings = {}
+

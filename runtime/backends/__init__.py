@@ -21,7 +21,8 @@ def load_backend(artifacts, engine=None, threads: int | None = None) -> Backend:
     if engine.backend == "onnxruntime":
         session = engine.record.session
         return OrtBackend(artifacts, providers=tuple(session["providers"]), threads=threads,
-                          model_paths=engine.graph_paths(), provider_options=session["provider_options"])
+                          model_paths=engine.graph_paths(), provider_options=session["provider_options"],
+                          kv_contract=engine.record.kv_contract, spinning=bool(session.get("intra_op_spinning")))
     if engine.backend == "tensorrt":
         from runtime.backends.tensorrt import TrtBackend
 

@@ -10,8 +10,8 @@ import numpy as np
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.backends.base import Backend, check_against_contract
-from runtime.errors import ArtifactError
-from runtime.kv import KVPool
+from runtime.errors import ArtifactError, GenerationError
+from runtime.kv import InplaceKVPool, InplaceOutputs, KVPool
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,16 @@ class OrtBackend(Backend):
     model_paths: graph name -> ONNX file, to run an optimized or quantized build instead
     of the exported graphs (their I/O is still checked against the contract).
     provider_options: per execution provider, its options (as an engine.json records them).
+    kv_contract: the graphs' KV form (contract.KV_CONTRACTS). Under inplace-kv-v1 every step
+    runs through an IO binding that reads and writes the pool's buffers in place; the
+    binding of the KV buffers is made once per pool and graph.
+    spinning: let ORT's intra-op threads spin between operators instead of sleeping.
     """
 
     def __init__(self, artifacts: Artifacts, providers: tuple[str, ...] = ("CPUExecutionProvider",),
                  threads: int | None = None, model_paths: dict | None = None,
-                 provider_options: dict[str, dict] | None = None):
+                 provider_options: dict[str, dict] | None = None, kv_contract: str = C.CONTRACT_NAME,
+                 spinning: bool = False):
         import onnxruntime as ort
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
@@ -42,9 +47,11 @@ class OrtBackend(Backend):
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.kv_contract = kv_contract
+        self._ort = ort
         self.sessions = {}
-        for name, spec in C.graphs(artifacts.dims).items():
+        for name, spec in C.graphs(artifacts.dims, kv_contract).items():
             path = (model_paths or {}).get(name) or artifacts.graph_path(name)
             try:
                 session = ort.InferenceSession(
@@ -65,13 +72,50 @@ class OrtBackend(Backend):
         session = self.sessions[graph]
         return specs(session.get_inputs()), specs(session.get_outputs())
 
-    def new_kv_pool(self, dims: C.Dims, batch: int, capacity: int) -> KVPool:
+    def new_kv_pool(self, dims: C.Dims, batch: int, capacity: int) -> KVPool | InplaceKVPool:
+        """Raises: GenerationError for a batch on an in-place engine (one prompt at a time)."""
+        if self.kv_contract == C.INPLACE_CONTRACT_NAME:
+            if batch != 1:
+                raise GenerationError(f"this engine ({C.INPLACE_CONTRACT_NAME}) decodes one prompt at a time; "
+                                      "run a batch on the exported graphs or a TensorRT engine")
+            return InplaceKVPool(dims, capacity, self._ort.OrtValue.ortvalue_from_numpy)
         return KVPool(dims, batch, capacity)
 
     def close(self) -> None:
         self.sessions = {}
 
     def run(self, graph: str, feeds: dict[str, np.ndarray], kv_outputs: dict | None = None) -> dict[str, np.ndarray]:
-        """One step; outputs are allocated by ONNX Runtime (kv_outputs is not used)."""
+        """One step. concat-kv-v1: outputs are allocated by ONNX Runtime (kv_outputs is not
+        used). inplace-kv-v1: `feeds` carry the pool's buffers and the contract's common
+        inputs (position_ids and attention_mask included, as for the exported graphs);
+        the lengths come from the mask, and only logits and hidden states come back."""
+        if self.kv_contract == C.INPLACE_CONTRACT_NAME:
+            return self._run_inplace(graph, feeds, kv_outputs)
         names = self._output_names[graph]
         return dict(zip(names, self.sessions[graph].run(names, feeds)))
+
+    def _run_inplace(self, graph: str, feeds: dict, kv_outputs: InplaceOutputs) -> dict[str, np.ndarray]:
+        session = self.sessions[graph]
+        binding = kv_outputs.bindings.get(graph)
+        if binding is None:  # first step of this pool on this graph: bind its buffers once
+            binding = session.io_binding()
+            for name, value in feeds.items():
+                if name.startswith("past_key_values."):
+                    binding.bind_ortvalue_input(name, value)
+            for name, buffer in kv_outputs.buffers.items():
+                binding.bind_ortvalue_output(name, buffer)
+            kv_outputs.bindings[graph] = binding
+        total = feeds[C.ATTENTION_MASK].shape[1]
+        small = {C.INPUT_IDS: feeds[C.INPUT_IDS], C.NUM_LOGITS_INPUT: feeds[C.NUM_LOGITS_INPUT],
+                 C.SEQLENS_K: np.array([total - 1], dtype=np.int32),
+                 C.TOTAL_SEQUENCE_LENGTH: np.array(total, dtype=np.int32)}
+        if C.HIDDEN_STATES in feeds:
+            small[C.HIDDEN_STATES] = feeds[C.HIDDEN_STATES]
+        for name, value in small.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        out_names = self._output_names[graph][:2]  # logits and hidden: their shapes change per step
+        for name in out_names:
+            binding.bind_output(name)
+        session.run_with_iobinding(binding)
+        values = binding.get_outputs()  # in binding order: the KV buffers, then these two
+        return {name: value.numpy() for name, value in zip(out_names, values[-2:])}

@@ -14,19 +14,20 @@ def untied_draft_artifacts(tmp_path_factory):
     """A tiny model with an untied LM head and a draft vocabulary: the other head paths."""
     import torch
 
-    from recycle_export.checkpoint import Checkpoint, GenerationInfo, save_checkpoint
+    from recycle_export.checkpoint import Checkpoint, save_checkpoint
     from recycle_export.export import export
+    from runtime.artifacts import GenerationRecord
     from tests.conftest import tiny_model
 
     model = tiny_model(seed=3, tie_embeddings=False)
     model.recycler.set_draft_tokens(torch.arange(0, 96, 3))
     root = tmp_path_factory.mktemp("untied")
-    save_checkpoint(Checkpoint(model, False, GenerationInfo(eos_token_ids=(2,))), root / "ckpt")
+    save_checkpoint(Checkpoint(model, False, GenerationRecord(eos_token_ids=(2,))), root / "ckpt")
     export(root / "ckpt", root / "art")
     return root / "art"
 
 
-# int4 is compared with the portable graphs quantized the same way (engines.ort's CPU build);
+# int4 is compared with the portable graphs quantized the same way (engines.ort_fused.quantize);
 # float rounding differences (fused attention) move its int8-quantized activations across
 # rounding steps, so the bound is relative to the logits and loose.
 @pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("int4", 5e-2)])
