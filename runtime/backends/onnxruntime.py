@@ -27,7 +27,10 @@ class OrtBackend(Backend):
     kv_contract: the graphs' KV form (contract.KV_CONTRACTS). Under inplace-kv-v1 every step
     runs through an IO binding that reads and writes the pool's buffers in place; the
     binding of the KV buffers is made once per pool and graph.
-    spinning: let ORT's intra-op threads spin between operators instead of sleeping.
+    spinning: let the base graph's intra-op threads spin between operators instead of
+    sleeping (much faster per step on a CPU; the cost is busy cores). The module graph then
+    runs on the calling thread alone: a second spinning pool would fight the first for the
+    cores while the two graphs alternate.
     """
 
     def __init__(self, artifacts: Artifacts, providers: tuple[str, ...] = ("CPUExecutionProvider",),
@@ -42,12 +45,18 @@ class OrtBackend(Backend):
         if missing:
             raise ArtifactError(f"execution provider {missing[0]} is not available in this onnxruntime "
                                 f"(available: {', '.join(available)})")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        def session_options(threads: int, spin: bool):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            return options
+
+        threads = threads or os.cpu_count() or 1
+        per_graph = {C.FULL_STEP: session_options(threads, spinning),
+                     C.RECYCLE_STEP: session_options(1, False) if spinning else session_options(threads, False)}
         self.kv_contract = kv_contract
         self._ort = ort
         self.sessions = {}
@@ -55,7 +64,7 @@ class OrtBackend(Backend):
             path = (model_paths or {}).get(name) or artifacts.graph_path(name)
             try:
                 session = ort.InferenceSession(
-                    str(path), options, providers=list(providers),
+                    str(path), per_graph[name], providers=list(providers),
                     provider_options=[(provider_options or {}).get(p, {}) for p in providers])
             except (ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
                     ort_errors.NoSuchFile, ort_errors.NotImplemented) as exc:
