@@ -1,0 +1,297 @@
+"""Decode speed of our engines and strategies against onnxruntime-genai (the peer), on the
+same prompt tokens, in one sitting.
+
+    bash benchmarks/peer_setup.sh                     # once: the peer's venv and its builds
+    python benchmarks/peers.py --artifacts build/smollm2-onnx --engines cpu-fp32,cpu-int4 \
+        [--strategies standard,alternate,verify] [--peer-precisions int4,fp32] \
+        [--max-new-tokens 128] [--runs 15] [--rounds 3] [--context 100,1500] [--json FILE]
+
+Every decoder runs greedy at batch 1 on --threads intra-op threads, --max-new-tokens tokens
+with end-of-sequence ignored (ours: no stop tokens; the peer: min_length = max_length, which
+masks end-of-sequence), and decode speed is (tokens after the first) / (seconds from the
+first token to the last), so prefill and time to first token are left out. Each decoder
+runs in a subprocess of its own venv (the peer: build/peer-venv; ours: this interpreter),
+one per round: a warm-up run, then runs/rounds timed runs. Within a round the decoders
+alternate peer, ours, peer, ... and the order rotates between rounds, so that the
+machine's drift hits all alike. A child reports its peak resident memory (ru_maxrss).
+
+--context N pads the chat message with real text (--passage) so that decoding starts
+after about N positions; without it the prompt is the chat template on a short task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = "Explain how a refrigerator works in simple terms."
+CONTEXT_TASK = "Summarize the text above in a few sentences."
+PASSAGE = Path("/usr/share/common-licenses/GFDL-1.3")
+AGREEMENT_TOKENS = 20
+SHOWN_TOKENS = 40
+
+
+# The children: one decoder each, timing its runs and writing JSON.
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _worker_peer(spec: dict) -> dict:
+    """onnxruntime-genai's Generator: append_tokens runs the prompt; each generate_next_token
+    picks a token from the last logits and runs the model on it first when it has to."""
+    import onnxruntime as ort
+    import onnxruntime_genai as og
+
+    config = og.Config(spec["path"])
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": spec["threads"], "inter_op_num_threads": 1}}}}))
+    model = og.Model(config)
+    prompt, n = spec["prompt"], spec["max_new_tokens"]
+    runs = []
+    for run in range(spec["warmup"] + spec["runs"]):
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, batch_size=1, max_length=len(prompt) + n,
+                                  min_length=len(prompt) + n)
+        generator = og.Generator(model, params)
+        start = time.perf_counter()
+        generator.append_tokens(prompt)
+        tokens, first = [], None
+        while not generator.is_done():
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+            first = first or time.perf_counter()
+        end = time.perf_counter()
+        del generator
+        if run >= spec["warmup"]:
+            runs.append({"decode_tok_s": (len(tokens) - 1) / (end - first), "ttft_s": first - start,
+                         "tokens": tokens})
+    text = og.Tokenizer(model).decode(runs[-1]["tokens"][:SHOWN_TOKENS])
+    return {"runs": {"greedy": runs}, "shown_text": text,
+            "versions": {"onnxruntime_genai": og.__version__, "onnxruntime": ort.__version__}}
+
+
+def _worker_ours(spec: dict) -> dict:
+    """Our Generator over one engine, strategies interleaved within each run."""
+    sys.path.insert(0, str(ROOT))
+    import onnxruntime as ort
+
+    from runtime.generator import Generator, Request
+    from runtime.sampling import SamplingParams
+
+    generator = Generator.from_artifacts(spec["path"], spec["engine"], spec["threads"])
+    runs: dict[str, list] = {s: [] for s in spec["strategies"]}
+    for run in range(spec["warmup"] + spec["runs"]):
+        for strategy in spec["strategies"]:
+            request = Request(strategy, SamplingParams(), spec["max_new_tokens"], stop_token_ids=())
+            result = generator.generate(spec["prompt"], request)
+            if run >= spec["warmup"]:
+                runs[strategy].append({"decode_tok_s": result.stats.decode_tokens_per_s,
+                                       "ttft_s": result.stats.prefill_seconds, "tokens": result.tokens})
+    return {"runs": runs, "versions": {"onnxruntime": ort.__version__}}
+
+
+def worker(spec_file: str, out_file: str) -> None:
+    spec = json.loads(Path(spec_file).read_text())
+    report = (_worker_peer if spec["kind"] == "peer" else _worker_ours)(spec)
+    report["peak_rss_mib"] = _peak_rss_mib()
+    Path(out_file).write_text(json.dumps(report))
+
+
+# The parent: prompts, rounds, figures.
+
+@dataclass
+class Decoder:
+    name: str  # e.g. "peer int4" or "ours cpu-int4"
+    kind: str  # "peer" or "ours"
+    python: str
+    spec: dict
+
+    def run(self, prompt: list[int], runs: int, max_new_tokens: int) -> dict:
+        """One child process: a warm-up and `runs` timed runs. Raises: RuntimeError when it fails."""
+        with tempfile.TemporaryDirectory() as tmp:
+            spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+            spec_file.write_text(json.dumps({**self.spec, "kind": self.kind, "prompt": prompt, "runs": runs,
+                                             "max_new_tokens": max_new_tokens}))
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+            done = subprocess.run([self.python, __file__, "--worker", str(spec_file), str(out_file)],
+                                  env=env, capture_output=True, text=True)
+            if done.returncode != 0 or not out_file.is_file():
+                raise RuntimeError(f"{self.name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+            return json.loads(out_file.read_text())
+
+
+@dataclass
+class Row:
+    decoder: str
+    strategy: str
+    speeds: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+    peak_rss_mib: float = 0.0
+    tokens: list[int] = field(default_factory=list)  # of the last run
+
+    @property
+    def label(self) -> str:
+        return self.decoder if self.strategy == "greedy" else f"{self.decoder} {self.strategy}"
+
+    def summary(self) -> dict:
+        return {"decoder": self.decoder, "strategy": self.strategy,
+                "decode_tok_s": statistics.median(self.speeds), "min": min(self.speeds), "max": max(self.speeds),
+                "runs": len(self.speeds), "ttft_ms": 1e3 * statistics.median(self.ttfts),
+                "peak_rss_mib": self.peak_rss_mib}
+
+
+def context_prompt(codec, context: int, passage: Path) -> list[int]:
+    """The chat prompt: TASK alone (context 0) or a passage cut so that the prompt has about
+    `context` tokens, followed by CONTEXT_TASK."""
+    if context == 0:
+        return codec.encode(TASK, chat=True)
+    text_ids = codec.tokenizer.encode(passage.read_text().strip(), add_special_tokens=False).ids
+    keep = context - len(codec.encode(f"\n\n{CONTEXT_TASK}", chat=True))
+    for _ in range(4):  # decoding and re-encoding a cut can shift the count by a few tokens
+        prompt = codec.encode(f"{codec.decode(text_ids[:keep])}\n\n{CONTEXT_TASK}", chat=True)
+        if len(prompt) == context or keep >= len(text_ids):
+            break
+        keep += context - len(prompt)
+    return prompt
+
+
+def measure(decoders: list[Decoder], prompt: list[int], args) -> list[Row]:
+    rows: dict[tuple[str, str], Row] = {}
+    per_round = math.ceil(args.runs / args.rounds)
+    for round_ in range(args.rounds):
+        shift = round_ % len(decoders)
+        for decoder in decoders[shift:] + decoders[:shift]:
+            print(f"  round {round_ + 1}/{args.rounds}: {decoder.name}", file=sys.stderr, flush=True)
+            report = decoder.run(prompt, per_round, args.max_new_tokens)
+            for strategy, runs in report["runs"].items():
+                row = rows.setdefault((decoder.name, strategy), Row(decoder.name, strategy))
+                row.speeds += [r["decode_tok_s"] for r in runs]
+                row.ttfts += [r["ttft_s"] for r in runs]
+                row.peak_rss_mib = max(row.peak_rss_mib, report["peak_rss_mib"])
+                row.tokens = runs[-1]["tokens"]
+            decoder.spec["versions"] = report["versions"]
+            decoder.spec["shown_text"] = report.get("shown_text")
+    return list(rows.values())
+
+
+def agreement(rows: list[Row], peer: str, ours: str, eos: tuple[int, ...]) -> dict | None:
+    """How many of the first AGREEMENT_TOKENS greedy tokens agree, position by position."""
+    a = next((r for r in rows if r.decoder == peer), None)
+    b = next((r for r in rows if r.decoder == ours and r.strategy == "standard"), None)
+    if a is None or b is None:
+        return None
+    n = min(AGREEMENT_TOKENS, len(a.tokens), len(b.tokens))
+    same = [x == y for x, y in zip(a.tokens[:n], b.tokens[:n])]
+    return {"peer": peer, "ours": f"{ours} standard", "compared": n, "matching": sum(same),
+            "common_prefix": same.index(False) if False in same else n,
+            "ours_emitted_eos": any(t in eos for t in b.tokens[:n])}
+
+
+def table(rows: list[Row], contexts: list[int], results: dict) -> str:
+    base = {c: next((r["decode_tok_s"] for r in results[c] if r["decoder"] == "peer int4"), None) for c in contexts}
+    head = ["decoder"] + [f"ctx {c}: tok/s (min-max), vs peer int4" for c in contexts] + ["peak RSS MiB"]
+    lines = [head]
+    for row in rows:
+        cells = [row.label]
+        rss = 0.0
+        for c in contexts:
+            r = next(r for r in results[c] if (r["decoder"], r["strategy"]) == (row.decoder, row.strategy))
+            ratio = f"{r['decode_tok_s'] / base[c]:.2f}x" if base[c] else "-"
+            cells.append(f"{r['decode_tok_s']:.1f} ({r['min']:.1f}-{r['max']:.1f}), {ratio}")
+            rss = max(rss, r["peak_rss_mib"])
+        lines.append(cells + [f"{rss:.0f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--artifacts", default="build/smollm2-onnx")
+    parser.add_argument("--engines", default="cpu-fp32,cpu-int4")
+    parser.add_argument("--strategies", default="standard,alternate,verify")
+    parser.add_argument("--peer", default="build/peer", help="peer_setup.sh's output folder")
+    parser.add_argument("--peer-python", default="build/peer-venv/bin/python")
+    parser.add_argument("--peer-precisions", default="int4,fp32")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per decoder, split over the rounds")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--context", default="0", help="comma-separated prompt lengths; 0: the short chat prompt")
+    parser.add_argument("--passage", default=str(PASSAGE), help="text that pads the prompt for --context")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return
+
+    sys.path.insert(0, str(ROOT))
+    from runtime.artifacts import Artifacts
+
+    artifacts = Artifacts.load(args.artifacts)
+    codec = artifacts.codec()
+    contexts = [int(c) for c in args.context.split(",")]
+    common = {"threads": args.threads, "warmup": 1}
+    peers = [Decoder(f"peer {p}", "peer", args.peer_python, {**common, "path": f"{args.peer}/ortgenai-{p}"})
+             for p in args.peer_precisions.split(",") if p]
+    ours = [Decoder(f"ours {e}", "ours", sys.executable,
+                    {**common, "path": args.artifacts, "engine": e, "strategies": args.strategies.split(",")})
+            for e in args.engines.split(",") if e]
+    decoders = [d for pair in zip(peers, ours) for d in pair] + peers[len(ours):] + ours[len(peers):]
+
+    load = {"before": os.getloadavg()}
+    results, prompts, rows, shown = {}, {}, [], {}
+    for context in contexts:
+        prompt = context_prompt(codec, context, Path(args.passage))
+        prompts[context] = len(prompt)
+        print(f"context {context}: {len(prompt)} prompt tokens, {args.max_new_tokens} new", file=sys.stderr)
+        rows_c = measure(decoders, prompt, args)
+        results[context] = [r.summary() for r in rows_c]
+        rows = rows or rows_c
+        if context == contexts[0]:
+            checks = {p.name: agreement(rows_c, p.name, p.name.replace("peer ", "ours cpu-"),
+                                        artifacts.eos_token_ids) for p in peers}
+            for p in peers:
+                tokens = next(r.tokens for r in rows_c if r.decoder == p.name)[:SHOWN_TOKENS]
+                shown[p.name] = {"tokens": tokens, "peer_tokenizer": p.spec["shown_text"],
+                                 "our_tokenizer": codec.decode(tokens)}
+    load["after"] = os.getloadavg()
+
+    print(f"\ndecode tokens/s, median of {math.ceil(args.runs / args.rounds) * args.rounds} runs in "
+          f"{args.rounds} rounds, {args.max_new_tokens} new tokens, {args.threads} threads, prompt tokens "
+          + ", ".join(f"ctx {c}: {n}" for c, n in prompts.items()))
+    print(table(rows, contexts, results))
+    for name, s in shown.items():
+        print(f"\n{name}, first {len(s['tokens'])} tokens (context {contexts[0]}), its own tokenizer:\n  "
+              f"{s['peer_tokenizer']!r}")
+    for name, check in checks.items():
+        if check:
+            print(f"greedy agreement {check['peer']} vs {check['ours']}: {check['matching']}/{check['compared']} "
+                  f"positions match, common prefix {check['common_prefix']}"
+                  + (" (ours emitted end-of-sequence in the window)" if check["ours_emitted_eos"] else ""))
+    print(f"load average before {load['before'][0]:.2f}, after {load['after'][0]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "max_new_tokens": args.max_new_tokens, "runs": math.ceil(args.runs / args.rounds) * args.rounds,
+            "rounds": args.rounds, "threads": args.threads, "prompt_tokens": prompts, "load_average": load,
+            "cpu_count": os.cpu_count(), "versions": {d.name: d.spec.get("versions") for d in decoders},
+            "results": results, "agreement": checks, "peer_first_tokens": shown}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
