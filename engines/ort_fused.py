@@ -28,6 +28,8 @@ MASKED_LOGIT = -65504.0  # recycle_export.model.MASKED_LOGIT: the module's logit
 PRECISIONS = ("fp32", "int4", "int8")
 EXTERNAL_DATA_BYTES = 1 << 30  # as the exporter: past this, weights go beside the graph
 _INT64_MAX = np.iinfo(np.int64).max
+# Initializers both graphs hold: stored once, beside them (share_initializers).
+SHARED_INITIALIZERS = ("embed_tokens",)
 INT4_BLOCK = 32  # weights per scale: the granularity onnxruntime-genai uses for CPU int4
 # MatMulNBits accuracy level 4: int8 activations in the dot products, the fast CPU path.
 INT4_ACCURACY_LEVEL = 4
@@ -280,6 +282,28 @@ def quantize(proto, precision: str):
         return onnx.load(f"{tmp}/q.onnx")
 
 
+def share_initializers(proto, folder: Path) -> None:
+    """Move SHARED_INITIALIZERS into one raw file each beside the graphs, referenced as ONNX
+    external data by both: ONNX Runtime maps external data from the file, so the two
+    sessions read one copy of the embedding (in the page cache, resident as far as tokens
+    touch it) instead of holding one each."""
+    import onnx
+    from onnx import external_data_helper, numpy_helper
+
+    for tensor in proto.graph.initializer:
+        if tensor.name not in SHARED_INITIALIZERS:
+            continue
+        array = numpy_helper.to_array(tensor)
+        file = folder / f"{tensor.name}.bin"
+        if file.is_file():  # written by the other graph: the same parameter
+            assert file.stat().st_size == array.nbytes, f"{file} holds another {tensor.name}"
+        else:
+            array.tofile(file)
+        external_data_helper.set_external_data(tensor, file.name, 0, array.nbytes)
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
 def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32",
                 packed_mlp: bool = True) -> dict[str, Path]:
     """Write fused full_step.onnx and recycle_step.onnx (inplace-kv-v1) into `out`.
@@ -305,6 +329,7 @@ def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32",
         proto = quantize(emit_graph(name, cfg, weights, draft_tokens if name == C.RECYCLE_STEP else None,
                                     packed_mlp),
                          precision)
+        share_initializers(proto, out)
         path = paths[name] = out / f"{name}.onnx"
         large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
         onnx.save_model(proto, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
