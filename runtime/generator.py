@@ -214,12 +214,11 @@ class Generator:
         if (yield from self._emit(s, self._draw(s, logits[:, -1]))):
             return
         while True:
-            q = self._probs(s, self._module_step(s)[0])
-            draft = draw(q, s.rng)
+            draft, q = self._propose(s, self._module_step(s)[0])
             s.stats.drafts_proposed += 1
             ids = np.concatenate([s.unseen(BASE), [[draft]]], axis=1)
             logits = self._base_step(s, ids, num_logits=2)
-            accepted, token = accept_draft(draft, self._probs(s, logits[0, 0]), q, s.rng)
+            accepted, token = self._accept(s, draft, q, logits[0, 0])
             if not accepted:
                 s.pool.rollback(BASE, 1)  # the base cache holds the rejected draft
                 if (yield from self._emit(s, np.array([token]))):
@@ -228,7 +227,7 @@ class Generator:
             s.stats.drafts_accepted += 1
             if (yield from self._emit(s, np.array([token]))):
                 return
-            if (yield from self._emit(s, np.array([draw(self._probs(s, logits[0, 1]), s.rng)]))):
+            if (yield from self._emit(s, self._draw(s, logits[:, 1]))):
                 return
 
     _schedules = {"standard": _standard, "alternate": _alternate, "verify": _verify}
@@ -271,7 +270,27 @@ class Generator:
         return probabilities(logits, s.request.sampling)
 
     def _draw(self, s: _State, logits: np.ndarray) -> np.ndarray:
+        """One token per row from logits (B, V). Greedy is the argmax itself: the same token
+        as drawing from its one-hot distribution, without building it."""
+        if s.request.sampling.greedy:
+            return logits.argmax(-1)
         return np.array([draw(self._probs(s, row), s.rng) for row in logits])
+
+    def _propose(self, s: _State, logits: np.ndarray) -> tuple[int, np.ndarray | None]:
+        """A draft from the module's logits (V,) and the distribution q it was drawn from
+        (None under greedy, where only the argmax matters)."""
+        if s.request.sampling.greedy:
+            return int(logits.argmax()), None
+        q = self._probs(s, logits)
+        return draw(q, s.rng), q
+
+    def _accept(self, s: _State, draft: int, q: np.ndarray | None, base_logits: np.ndarray) -> tuple[bool, int]:
+        """The speculative acceptance test against the base's logits (V,) for the draft's
+        position; greedy: accept iff the draft is the base's argmax, else emit the argmax."""
+        if q is None:
+            token = int(base_logits.argmax())
+            return token == draft, token
+        return accept_draft(draft, self._probs(s, base_logits), q, s.rng)
 
     def _emit(self, s: _State, column: np.ndarray):
         """Append one token per row, yield it, and return True when every row is done."""

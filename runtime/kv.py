@@ -75,22 +75,29 @@ class InplaceKVPool:
         self.capacity = capacity
         self.layers = {BASE: C.full_step(dims).kv_layers, MODULE: C.recycle_step(dims).kv_layers}
         shape = (1, dims.n_kv_heads, capacity, dims.head_dim)  # (B, H_kv, capacity, D)
-        # np.zeros maps pages lazily: a long capacity costs only the positions decoding reaches.
-        self.arrays = {name(i): np.zeros(shape, dtype=dims.dtype) for layers in self.layers.values()
+        # Uninitialized and untouched until written: the graphs read a cache only below its
+        # length, and a long capacity costs only the pages decoding reaches.
+        self.arrays = {name(i): np.empty(shape, dtype=dims.dtype) for layers in self.layers.values()
                        for i in layers for name in (C.past_key, C.past_value)}
         self.buffers = {name: wrap(array) for name, array in self.arrays.items()}
         self.lengths = {BASE: 0, MODULE: 0}
-        self.bindings: dict = {}  # graph -> the backend's binding of these buffers, made once
+        self.bindings: dict = {}  # the backend's bindings of these buffers, made once per graph
+        # The same every step, so built once.
+        self._feeds = {cache: {name(i): self.buffers[name(i)] for i in layers for name in (C.past_key, C.past_value)}
+                       for cache, layers in self.layers.items()}
+        self._outputs = {cache: InplaceOutputs({present(i): self.buffers[past(i)] for i in layers
+                                                for past, present in ((C.past_key, C.present_key),
+                                                                      (C.past_value, C.present_value))},
+                                               self.bindings)
+                         for cache, layers in self.layers.items()}
 
     def feeds(self, cache: str) -> dict:
-        return {name(i): self.buffers[name(i)] for i in self.layers[cache] for name in (C.past_key, C.past_value)}
+        return self._feeds[cache]
 
     def output_buffers(self, cache: str) -> "InplaceOutputs":
         """present.* name -> the buffer its past_key_values.* reads (the graph updates it in
         place), with the pool's bindings for the backend to reuse."""
-        return InplaceOutputs({present(i): self.buffers[past(i)] for i in self.layers[cache]
-                               for past, present in ((C.past_key, C.present_key), (C.past_value, C.present_value))},
-                              self.bindings)
+        return self._outputs[cache]
 
     def commit(self, cache: str, outputs: dict, new: int) -> None:
         """The graph wrote `new` positions after the cache's length; count them."""
@@ -103,5 +110,5 @@ class InplaceKVPool:
         self.lengths[cache] -= n
 
     def close(self) -> None:
-        self.bindings = {}
+        self.bindings.clear()
 

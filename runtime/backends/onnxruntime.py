@@ -58,6 +58,7 @@ class OrtBackend(Backend):
         per_graph = {C.FULL_STEP: session_options(threads, spinning),
                      C.RECYCLE_STEP: session_options(1, False) if spinning else session_options(threads, False)}
         self.kv_contract = kv_contract
+        self.dims = artifacts.dims
         self._ort = ort
         self.sessions = {}
         for name, spec in C.graphs(artifacts.dims, kv_contract).items():
@@ -97,7 +98,8 @@ class OrtBackend(Backend):
         """One step. concat-kv-v1: outputs are allocated by ONNX Runtime (kv_outputs is not
         used). inplace-kv-v1: `feeds` carry the pool's buffers and the contract's common
         inputs (position_ids and attention_mask included, as for the exported graphs);
-        the lengths come from the mask, and only logits and hidden states come back."""
+        the lengths come from the mask, and only logits and hidden states come back, in
+        buffers the pool keeps: valid until the pool's next step of the same graph and shape."""
         if self.kv_contract == C.INPLACE_CONTRACT_NAME:
             return self._run_inplace(graph, feeds, kv_outputs)
         names = self._output_names[graph]
@@ -122,9 +124,22 @@ class OrtBackend(Backend):
             small[C.HIDDEN_STATES] = feeds[C.HIDDEN_STATES]
         for name, value in small.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        out_names = self._output_names[graph][:2]  # logits and hidden: their shapes change per step
-        for name in out_names:
-            binding.bind_output(name)
+        outputs = self._inplace_outputs(graph, feeds, kv_outputs.bindings)
+        for name, (_, value) in outputs.items():
+            binding.bind_ortvalue_output(name, value)
         session.run_with_iobinding(binding)
-        values = binding.get_outputs()  # in binding order: the KV buffers, then these two
-        return {name: value.numpy() for name, value in zip(out_names, values[-2:])}
+        return {name: array for name, (array, _) in outputs.items()}
+
+    def _inplace_outputs(self, graph: str, feeds: dict, cache: dict) -> dict:
+        """Logits and hidden states buffers for a step of this shape, made once per pool and
+        reused (a decode loop repeats a few shapes): name -> (numpy array, its OrtValue)."""
+        batch, new = feeds[C.INPUT_IDS].shape
+        num_logits = int(feeds[C.NUM_LOGITS_INPUT][0])
+        key = (graph, new, num_logits)
+        if key not in cache:
+            logits_name, hidden_name = self._output_names[graph][:2]
+            dims = self.dims
+            arrays = {logits_name: np.empty((batch, num_logits, dims.vocab_size), dtype=dims.dtype),
+                      hidden_name: np.empty((batch, new, dims.dim), dtype=dims.dtype)}
+            cache[key] = {name: (a, self._ort.OrtValue.ortvalue_from_numpy(a)) for name, a in arrays.items()}
+        return cache[key]
