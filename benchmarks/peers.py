@@ -141,6 +141,7 @@ class Row:
     ttfts: list[float] = field(default_factory=list)
     peak_rss_mib: float = 0.0
     tokens: list[int] = field(default_factory=list)  # of the last run
+    load: list[float] = field(default_factory=list)  # the 1-minute load average as each child started
 
     @property
     def label(self) -> str:
@@ -150,7 +151,8 @@ class Row:
         return {"decoder": self.decoder, "strategy": self.strategy,
                 "decode_tok_s": statistics.median(self.speeds), "min": min(self.speeds), "max": max(self.speeds),
                 "runs": len(self.speeds), "ttft_ms": 1e3 * statistics.median(self.ttfts),
-                "peak_rss_mib": self.peak_rss_mib}
+                "peak_rss_mib": self.peak_rss_mib, "speeds": self.speeds,
+                "load_at_start": self.load}
 
 
 def context_prompt(codec, context: int, passage: Path) -> list[int]:
@@ -174,7 +176,8 @@ def measure(decoders: list[Decoder], prompt: list[int], args) -> list[Row]:
     for round_ in range(args.rounds):
         shift = round_ % len(decoders)
         for decoder in decoders[shift:] + decoders[:shift]:
-            print(f"  round {round_ + 1}/{args.rounds}: {decoder.name}", file=sys.stderr, flush=True)
+            load = os.getloadavg()[0]
+            print(f"  round {round_ + 1}/{args.rounds}: {decoder.name} (load {load:.2f})", file=sys.stderr, flush=True)
             report = decoder.run(prompt, per_round, args.max_new_tokens)
             for strategy, runs in report["runs"].items():
                 row = rows.setdefault((decoder.name, strategy), Row(decoder.name, strategy))
@@ -182,6 +185,7 @@ def measure(decoders: list[Decoder], prompt: list[int], args) -> list[Row]:
                 row.ttfts += [r["ttft_s"] for r in runs]
                 row.peak_rss_mib = max(row.peak_rss_mib, report["peak_rss_mib"])
                 row.tokens = runs[-1]["tokens"]
+                row.load.append(load)
             decoder.spec["versions"] = report["versions"]
             decoder.spec["shown_text"] = report.get("shown_text")
     return list(rows.values())
