@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from recycle_export.model import KV, RecycleGPT
-from runtime.request import STRATEGIES, Request, Stats, check_request  # the same records as the runtime's
+from runtime.drafts import lookup_draft
+from runtime.generator import LOOKUP
+from runtime.request import STRATEGIES, DraftOptions, Request, Stats, check_request  # the runtime's records
 from runtime.sampling import SamplingParams, accept_draft, draw, probabilities
 
 @dataclass
@@ -44,6 +46,7 @@ class _State:
     max_new_tokens: int
     stop_ids: set[int]
     sampling: SamplingParams
+    drafts: DraftOptions
     rng: np.random.Generator
     base_kv: list[KV]
     module_kv: list[KV]
@@ -77,7 +80,7 @@ class ReferenceDecoder:
         check_request([list(prompt_ids)], request, self.cfg.max_seq_len, self.cfg.vocab_size)
         stop_ids = self.eos_token_ids if request.stop_token_ids is None else request.stop_token_ids
         s = _State(list(prompt_ids), len(prompt_ids), request.max_new_tokens, set(stop_ids),
-                   request.sampling, np.random.default_rng(request.sampling.seed),
+                   request.sampling, request.drafts, np.random.default_rng(request.sampling.seed),
                    self.model.empty_kv(self.cfg.n_layers), self.model.empty_kv(self.cfg.recycle_layers))
         self._schedules[request.strategy](self, s)
         return Generation(s.tokens[s.n_prompt:], s.finish_reason, s.stats, s.calls)
@@ -102,19 +105,23 @@ class ReferenceDecoder:
         if self._emit(s, draw(self._probs(s, logits[-1]), s.rng)):
             return
         while True:
-            q = self._probs(s, self._module_step(s))
-            draft = draw(q, s.rng)
-            s.stats.drafts_proposed += 1
-            logits = self._base_step(s, s.tokens[s.base_len:] + [draft], num_logits=2)
-            accepted, token = accept_draft(draft, self._probs(s, logits[0]), q, s.rng)
-            if not accepted:
-                self._rollback_base(s, 1)  # the base cache holds the rejected draft
+            drafts, qs = self._draft(s)
+            logits = self._base_step(s, s.tokens[s.base_len:] + drafts, num_logits=len(drafts) + 1)
+            for i, (draft, q) in enumerate(zip(drafts, qs)):
+                accepted, token = self._accept(s, draft, q, logits[i])
+                if not accepted:
+                    self._rollback_base(s, len(drafts) - i)  # the base cache holds the rejected tail
+                    if self._emit(s, token):
+                        return
+                    break
+                s.stats.drafts_accepted += 1
+                if q is LOOKUP:
+                    s.stats.lookup_accepted += 1
                 if self._emit(s, token):
                     return
-                continue
-            s.stats.drafts_accepted += 1
-            if self._emit(s, token) or self._emit(s, draw(self._probs(s, logits[1]), s.rng)):
-                return
+            else:  # every draft accepted: the base's distribution after the last one is free
+                if self._emit(s, draw(self._probs(s, logits[len(drafts)]), s.rng)):
+                    return
 
     _schedules = {"standard": _standard, "alternate": _alternate, "verify": _verify}
     assert tuple(_schedules) == STRATEGIES
@@ -136,17 +143,71 @@ class ReferenceDecoder:
     def _module_step(self, s: _State) -> np.ndarray:
         """Run the module on every token it has not seen, each paired with h one position
         earlier; returns the logits (V,) for the token after the last one."""
+        return self._module_verified(s)[0]
+
+    def _module_verified(self, s: _State) -> tuple[np.ndarray, torch.Tensor]:
+        """_module_step, also returning the module's own state g (dim,) at the last token."""
         start, total = s.module_len, len(s.tokens)
         zero = torch.zeros(self.cfg.dim, dtype=s.hidden[0].dtype)
         prev = torch.stack([s.hidden[j - 1] if j > 0 else zero for j in range(start, total)])  # (T, dim)
         assert total - 1 <= s.base_len, "the module needs h_{j-1} for every token it consumes"
+        return self._module_call(s, s.tokens[start:total], prev)
+
+    def _module_call(self, s: _State, ids: list[int], prev: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """The module on ids paired with prev (T, dim) at its cache's next positions; the
+        logits (V,) and g (dim,) at the last one."""
+        start, total = s.module_len, s.module_len + len(ids)
         out = self.model.recycle_step(
-            torch.tensor([s.tokens[start:total]]), prev[None], torch.arange(start, total)[None],
+            torch.tensor([ids]), prev[None], torch.arange(start, total)[None],
             torch.ones(1, total, dtype=torch.long), s.module_kv)
         s.module_kv, s.module_len = out.present, total
         s.stats.module_calls += 1
-        s.calls.append(Call("module", list(range(start, total)), s.tokens[start:total], prev))
-        return out.logits[0, -1].double().numpy()
+        s.calls.append(Call("module", list(range(start, total)), list(ids), prev))
+        return out.logits[0, -1].double().numpy(), out.hidden[0, -1]
+
+    def _draft(self, s: _State) -> tuple[list[int], list]:
+        """verify's drafts as the runtime makes them (runtime.generator.Generator._draft)."""
+        options = s.drafts
+        room = min(options.max_draft, self.cfg.max_seq_len - len(s.tokens),
+                   s.max_new_tokens - (len(s.tokens) - s.n_prompt))
+        drafts = lookup_draft(np.array(s.tokens), options.lookup_ngram, room)
+        if drafts:
+            s.stats.lookup_proposed += len(drafts)
+            qs = [LOOKUP] * len(drafts)
+        elif options.module and room > 0:
+            drafts, qs = self._module_chain(s, room)
+        else:
+            qs = []
+        s.stats.drafts_proposed += len(drafts)
+        return drafts, qs
+
+    def _module_chain(self, s: _State, room: int) -> tuple[list[int], list]:
+        """Up to `room` module drafts, each next one from the module's own (g, draft); the
+        chained positions leave the module cache again."""
+        logits, g = self._module_verified(s)
+        drafts, qs, chained = [], [], 0
+        while True:
+            q = self._probs(s, logits)
+            draft = draw(q, s.rng)
+            drafts.append(draft)
+            qs.append(q)
+            if len(drafts) == room:
+                break
+            logits, g = self._module_call(s, [draft], g[None])  # (g_j, d_{j+1})
+            chained += 1
+            top = np.exp(logits - logits.max())
+            if top.max() / top.sum() < s.drafts.min_probability:
+                break
+        keep = s.module_len - chained
+        s.module_kv = [(k[:, :, :keep], v[:, :, :keep]) for k, v in s.module_kv]
+        s.module_len = keep
+        return drafts, qs
+
+    def _accept(self, s: _State, draft: int, q, base_logits: np.ndarray) -> tuple[bool, int]:
+        if q is LOOKUP:  # a deterministic draft: q is one-hot at it
+            q = np.zeros(base_logits.shape[-1])
+            q[draft] = 1.0
+        return accept_draft(draft, self._probs(s, base_logits), q, s.rng)
 
     def _rollback_base(self, s: _State, n: int) -> None:
         keep = s.base_len - n

@@ -18,9 +18,13 @@ import numpy as np
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.errors import GenerationError
+from runtime.drafts import lookup_draft
 from runtime.kv import BASE, MODULE, KVPool
 from runtime.request import STRATEGIES, Request, Stats, check_request  # noqa: F401  (the public names)
 from runtime.sampling import accept_draft, draw, probabilities
+
+LOOKUP = "lookup"  # stands for a prompt-lookup draft's distribution (one-hot at the draft)
+
 
 @dataclass
 class Result:
@@ -214,21 +218,24 @@ class Generator:
         if (yield from self._emit(s, self._draw(s, logits[:, -1]))):
             return
         while True:
-            draft, q = self._propose(s, self._module_step(s)[0])
-            s.stats.drafts_proposed += 1
-            ids = np.concatenate([s.unseen(BASE), [[draft]]], axis=1)
-            logits = self._base_step(s, ids, num_logits=2)
-            accepted, token = self._accept(s, draft, q, logits[0, 0])
-            if not accepted:
-                s.pool.rollback(BASE, 1)  # the base cache holds the rejected draft
+            drafts, qs = self._draft(s)
+            ids = np.concatenate([s.unseen(BASE), [drafts]], axis=1).astype(np.int64)  # (1, 1 + k)
+            logits = self._base_step(s, ids, num_logits=len(drafts) + 1)  # row i checks drafts[i]
+            for i, (draft, q) in enumerate(zip(drafts, qs)):
+                accepted, token = self._accept(s, draft, q, logits[0, i])
+                if not accepted:
+                    s.pool.rollback(BASE, len(drafts) - i)  # the base cache holds the rejected tail
+                    if (yield from self._emit(s, np.array([token]))):
+                        return
+                    break
+                s.stats.drafts_accepted += 1
+                if q is LOOKUP:
+                    s.stats.lookup_accepted += 1
                 if (yield from self._emit(s, np.array([token]))):
                     return
-                continue
-            s.stats.drafts_accepted += 1
-            if (yield from self._emit(s, np.array([token]))):
-                return
-            if (yield from self._emit(s, self._draw(s, logits[:, 1]))):
-                return
+            else:  # every draft accepted: the base's distribution after the last one is free
+                if (yield from self._emit(s, self._draw(s, logits[:, len(drafts)]))):
+                    return
 
     _schedules = {"standard": _standard, "alternate": _alternate, "verify": _verify}
     assert tuple(_schedules) == STRATEGIES
@@ -254,17 +261,73 @@ class Generator:
     def _module_step(self, s: _State) -> np.ndarray:
         """Recycle step on every token the module has not seen, each with h one position
         earlier (zero before a row's first token); logits (B, V) for the next token."""
+        return self._module_verified(s)[0]
+
+    def _module_verified(self, s: _State) -> tuple[np.ndarray, np.ndarray]:
+        """_module_step, also returning the module's own state g (B, dim) at the last token."""
         start, end = s.pool.lengths[MODULE], s.length
         index = np.arange(start, end)
         has_prev = index[None, :] - 1 >= s.pad[:, None]  # (B, T): h_{j-1} exists for the row
         prev = np.where(has_prev[..., None], s.hidden[:, index - 1], 0).astype(self.dims.dtype)  # (B, T, dim)
+        return self._module_call(s, s.tokens[:, start:end], prev)
+
+    def _module_call(self, s: _State, ids: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The module on ids (B, T) paired with prev (B, T, dim) at its cache's next
+        positions; copies of the logits (B, V) and g (B, dim) at the last position."""
+        start = s.pool.lengths[MODULE]
+        end = start + ids.shape[1]
         out = self.backend.run(C.RECYCLE_STEP, {
-            C.INPUT_IDS: s.tokens[:, start:end], C.HIDDEN_STATES: prev,
+            C.INPUT_IDS: np.ascontiguousarray(ids), C.HIDDEN_STATES: np.ascontiguousarray(prev),
             C.POSITION_IDS: self._positions(s, start, end), C.ATTENTION_MASK: s.mask[:, :end],
             C.NUM_LOGITS_INPUT: np.array([1], dtype=np.int64), **s.pool.feeds(MODULE)}, s.pool.output_buffers(MODULE))
         s.pool.commit(MODULE, out, end - start)
         s.stats.module_calls += 1
-        return out[C.LOGITS][:, -1]
+        return out[C.LOGITS][:, -1].copy(), out[C.MODULE_HIDDEN_STATES][:, -1].copy()
+
+    def _draft(self, s: _State) -> tuple[list[int], list]:
+        """verify's drafts for the positions after the last token, with the distribution
+        each was drawn from (None under greedy, LOOKUP for a lookup draft): a prompt-lookup
+        draft when there is one, else a module chain. At most max_draft tokens, and no more
+        than the cache and max_new_tokens leave room for."""
+        options = s.request.drafts
+        room = min(options.max_draft, self.capacity - s.length,
+                   s.request.max_new_tokens - (s.length - s.prompt_end))
+        drafts = lookup_draft(s.tokens[0, :s.length], options.lookup_ngram, room)
+        if drafts:
+            s.stats.lookup_proposed += len(drafts)
+            qs = [LOOKUP] * len(drafts)
+        elif options.module and room > 0:
+            drafts, qs = self._module_chain(s, room)
+        else:
+            qs = []
+        s.stats.drafts_proposed += len(drafts)
+        return drafts, qs
+
+    def _module_chain(self, s: _State, room: int) -> tuple[list[int], list]:
+        """Up to `room` drafts from the module: the first from the verified tokens, each
+        next one from the module's own (g, draft), stopping when the module's probability
+        of its next draft falls below min_probability. The chained positions leave the
+        module cache again: they are recomputed from the base's h once verified."""
+        logits, g = self._module_verified(s)
+        drafts, qs, chained = [], [], 0
+        while True:
+            draft, q = self._propose(s, logits[0])
+            drafts.append(draft)
+            qs.append(q)
+            if len(drafts) == room:
+                break
+            logits, g = self._module_call(s, np.array([[draft]]), g[:, None])  # (g_j, d_{j+1})
+            chained += 1
+            if self._confidence(logits[0]) < s.request.drafts.min_probability:
+                break
+        s.pool.rollback(MODULE, chained)
+        return drafts, qs
+
+    @staticmethod
+    def _confidence(logits: np.ndarray) -> float:
+        """The module's probability of its most likely next token (V,) (before temperature)."""
+        shifted = np.exp(logits.astype(np.float64) - logits.max())
+        return float(shifted.max() / shifted.sum())
 
     def _probs(self, s: _State, logits: np.ndarray) -> np.ndarray:
         return probabilities(logits, s.request.sampling)
@@ -287,9 +350,12 @@ class Generator:
     def _accept(self, s: _State, draft: int, q: np.ndarray | None, base_logits: np.ndarray) -> tuple[bool, int]:
         """The speculative acceptance test against the base's logits (V,) for the draft's
         position; greedy: accept iff the draft is the base's argmax, else emit the argmax."""
-        if q is None:
+        if q is None or (q is LOOKUP and s.request.sampling.greedy):
             token = int(base_logits.argmax())
             return token == draft, token
+        if q is LOOKUP:  # a deterministic draft: q is one-hot at it
+            q = np.zeros(base_logits.shape[-1])
+            q[draft] = 1.0
         return accept_draft(draft, self._probs(s, base_logits), q, s.rng)
 
     def _emit(self, s: _State, column: np.ndarray):

@@ -5,12 +5,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.contract import DECODE_MAX_NEW
 from runtime.errors import GenerationError
 from runtime.sampling import SamplingParams
 
 # The decoding schedules (docs/design.md section 2). Each decoder maps every name here to its
 # schedule in one table; the CLI's choices and `evaluate` read this tuple.
 STRATEGIES = ("standard", "alternate", "verify")
+
+
+# verify's draft length limit: a base step checks the last token plus the drafts, and
+# engines with shape profiles take at most DECODE_MAX_NEW new tokens in a decode step.
+MAX_DRAFT = DECODE_MAX_NEW - 1
+
+
+@dataclass(frozen=True)
+class DraftOptions:
+    """How verify drafts (docs/design.md section 2). Each base step checks up to max_draft
+    drafted tokens: a prompt-lookup draft when the last lookup_ngram tokens occurred before
+    (the tokens that followed them; 0 switches lookup off), otherwise a chain from the module,
+    which stops early when the module's top probability for the next position falls below
+    min_probability (the first draft of a chain is always proposed)."""
+
+    max_draft: int = MAX_DRAFT
+    lookup_ngram: int = 2
+    module: bool = True
+    min_probability: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_draft <= MAX_DRAFT:
+            raise GenerationError(f"max_draft must be in 1..{MAX_DRAFT}, got {self.max_draft}")
+        if self.lookup_ngram < 0:
+            raise GenerationError(f"lookup_ngram must be >= 0 (0 switches lookup off), got {self.lookup_ngram}")
+        if not 0.0 <= self.min_probability <= 1.0:
+            raise GenerationError(f"min_probability must be in [0, 1], got {self.min_probability}")
+        if not self.module and not self.lookup_ngram:
+            raise GenerationError("verify needs a draft source: the module, prompt lookup or both")
 
 
 @dataclass(frozen=True)
@@ -20,14 +50,17 @@ class Request:
     max_new_tokens: int = 64
     stop_token_ids: tuple[int, ...] | None = None  # None: the model's end-of-sequence tokens
     stop_strings: tuple[str, ...] = ()
+    drafts: DraftOptions = DraftOptions()  # verify only
 
 
 @dataclass
 class Stats:
     base_calls: int = 0
     module_calls: int = 0
-    drafts_proposed: int = 0
+    drafts_proposed: int = 0  # drafted tokens, all sources
     drafts_accepted: int = 0
+    lookup_proposed: int = 0  # of those, from prompt lookup
+    lookup_accepted: int = 0
     batch: int = 1
     prompt_tokens: int = 0
     generated_tokens: int = 0  # over all rows
@@ -37,6 +70,12 @@ class Stats:
     @property
     def acceptance(self) -> float | None:
         return self.drafts_accepted / self.drafts_proposed if self.drafts_proposed else None
+
+    @property
+    def tokens_per_base_call(self) -> float | None:
+        """Generated tokens per base call after the prefill (verify: 1 + accepted drafts)."""
+        steps = self.base_calls - 1
+        return (self.generated_tokens - self.batch) / steps if steps > 0 else None
 
     @property
     def prefill_tokens_per_s(self) -> float:

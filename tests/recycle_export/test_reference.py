@@ -6,7 +6,7 @@ import torch
 
 from recycle_export.reference import ReferenceDecoder
 from runtime.errors import GenerationError
-from runtime.request import Request
+from runtime.request import DraftOptions, Request
 from runtime.sampling import SamplingParams, probabilities
 from tests.conftest import tiny_model
 
@@ -153,3 +153,41 @@ def test_verify_sampling_preserves_base_distribution():
     # Critical values of chi-square at p = 0.001: 35 cells -> df 35: 66.6; 6 cells -> df 5: 20.5.
     assert _chi_square(pairs.ravel(), joint.ravel()) < 66.6
     assert _chi_square(thirds, third) < 20.5
+
+
+def test_chained_and_lookup_verify_sampling_preserves_base_distribution():
+    """With up to three drafts per step from prompt lookup and full module chains, verify's
+    first three tokens still follow the base's exact joint distribution."""
+    vocab = 4
+    model = tiny_model(seed=5, vocab_size=vocab)
+    sampling = dict(temperature=1.0)
+    prompt = [1, 3, 1, 2, 1]
+    dec = ReferenceDecoder(model)
+
+    def next_probs(seq):
+        with torch.no_grad():
+            out = model.base_step(torch.tensor([seq]), torch.arange(len(seq))[None],
+                                  torch.ones(1, len(seq), dtype=torch.long), model.empty_kv(2))
+        return probabilities(out.logits[0, -1].double().numpy(), SamplingParams(**sampling))
+
+    joint = np.zeros((vocab,) * 3)
+    p0 = next_probs(prompt)
+    for a in range(vocab):
+        p1 = next_probs(prompt + [a])
+        for b in range(vocab):
+            joint[a, b] = p0[a] * p1[b] * next_probs(prompt + [a, b])
+    counts = np.zeros((vocab,) * 3)
+    stats = {"lookup": 0, "accepted": 0, "proposed": 0}
+    for seed in range(2000):
+        for drafts in (DraftOptions(max_draft=3, lookup_ngram=1), DraftOptions(max_draft=3, lookup_ngram=0,
+                                                                                min_probability=0.0)):
+            result = dec.generate(prompt, Request("verify", SamplingParams(seed=seed, **sampling), max_new_tokens=3,
+                                                  stop_token_ids=(), drafts=drafts))
+            counts[tuple(result.tokens)] += 1
+            stats["lookup"] += result.stats.lookup_proposed
+            stats["accepted"] += result.stats.drafts_accepted
+            stats["proposed"] += result.stats.drafts_proposed
+    assert stats["lookup"] > 0 and 0 < stats["accepted"] < stats["proposed"]
+    # 64 cells -> df 63; chi-square critical value at p = 0.001: 103.4.
+    assert _chi_square(counts.ravel(), joint.ravel()) < 103.4
+

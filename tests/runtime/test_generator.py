@@ -12,7 +12,9 @@ import torch
 
 from recycle_export.reference import ReferenceDecoder
 from runtime.errors import ArtifactError, GenerationError, SamplingError
+from runtime.drafts import lookup_draft
 from runtime.generator import Generator, Request
+from runtime.request import DraftOptions
 from runtime.sampling import SamplingParams
 
 PROMPTS = [[5, 17, 3], [88], [41, 9, 60, 2, 33, 70, 12]]
@@ -210,3 +212,50 @@ def test_draft_vocabulary_runs_as_the_reference(tmp_path_factory):
         assert set(runs["alternate"].tokens[1::2]) <= set(draft_tokens)  # every 2nd token is the module's
         accepted += runs["verify"].stats.drafts_accepted
     assert accepted > 0
+
+
+DRAFTS = [DraftOptions(max_draft=1, lookup_ngram=0),  # one module draft per step (the paper's verify)
+          DraftOptions(max_draft=3, lookup_ngram=0, min_probability=0.0),  # full module chains
+          DraftOptions(max_draft=3, lookup_ngram=1, module=False),  # prompt lookup alone
+          DraftOptions()]  # the defaults: lookup, else an adaptive chain
+
+
+@pytest.mark.parametrize("drafts", DRAFTS, ids=lambda d: f"k{d.max_draft}-n{d.lookup_ngram}-m{int(d.module)}")
+def test_multi_token_drafts_equal_reference_and_standard(generator, tiny, drafts):
+    """Every draft source and length: the runtime makes the reference's drafts and calls,
+    and greedy verify gives standard's tokens."""
+    for prompt in PROMPTS + [[7, 8, 7, 8, 7, 8, 7]]:
+        request = Request("verify", max_new_tokens=30, stop_token_ids=(), drafts=drafts)
+        ours = generator.generate(prompt, request)
+        ref = ReferenceDecoder(tiny).generate(prompt, request)
+        standard = generator.generate(prompt, Request("standard", max_new_tokens=30, stop_token_ids=()))
+        assert ours.tokens == ref.tokens == standard.tokens
+        fields = ("base_calls", "module_calls", "drafts_proposed", "drafts_accepted", "lookup_proposed",
+                  "lookup_accepted")
+        assert [getattr(ours.stats, f) for f in fields] == [getattr(ref.stats, f) for f in fields]
+        assert ours.stats.base_calls <= standard.stats.base_calls  # a step yields one token or more
+
+
+@pytest.mark.parametrize("drafts", DRAFTS, ids=lambda d: f"k{d.max_draft}-n{d.lookup_ngram}-m{int(d.module)}")
+def test_multi_token_drafts_sample_as_the_reference(generator, tiny, drafts):
+    sampling = SamplingParams(temperature=0.8, top_k=20, seed=5)
+    for prompt in ([5, 17, 3], [7, 8, 7, 8, 7, 8, 7]):
+        request = Request("verify", sampling, 25, stop_token_ids=(), drafts=drafts)
+        assert generator.generate(prompt, request).tokens == ReferenceDecoder(tiny).generate(prompt, request).tokens
+
+
+def test_lookup_draft():
+    assert lookup_draft(np.array([1, 2, 3, 9, 1, 2]), 2, 3) == [3, 9, 1]
+    assert lookup_draft(np.array([1, 2, 3, 1, 2, 4, 1, 2]), 2, 1) == [4]  # the latest occurrence
+    assert lookup_draft(np.array([1, 2, 3, 4]), 2, 3) == []
+    assert lookup_draft(np.array([5, 5, 5]), 1, 4) == [5]  # stops at the end of the text
+    assert lookup_draft(np.array([1, 2, 1, 2]), 0, 3) == []
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(max_draft=0), "max_draft must be in 1..3"), (dict(max_draft=4), "max_draft must be in 1..3"),
+    (dict(lookup_ngram=-1), "lookup_ngram must be >= 0"), (dict(min_probability=1.5), "min_probability"),
+    (dict(module=False, lookup_ngram=0), "needs a draft source")])
+def test_bad_draft_options(options, message):
+    with pytest.raises(GenerationError, match=message):
+        DraftOptions(**options)
