@@ -285,6 +285,22 @@ def blockwise_4bit(weight: np.ndarray, block: int = INT4_BLOCK, rtol: float = IN
     return levels.astype(np.uint8).reshape(k, n), scale.astype(np.float32), low.astype(np.float32)
 
 
+def blockwise_8bit(weight: np.ndarray, block: int = INT4_BLOCK, rtol: float = INT4_EXACT_RTOL):
+    """A (K, N) MatMul weight as symmetric 8-bit blocks along K, if it is one (GGUF Q8_0:
+    w = d * q, q in -127..127, d = max |w| / 127 per block): (levels (K, N) int8, scales
+    (K/block, N) float32), else None."""
+    if weight.ndim != 2 or weight.dtype != np.float32 or weight.shape[0] % block or not weight.size:
+        return None
+    k, n = weight.shape
+    blocks = weight.reshape(k // block, block, n).astype(np.float64)  # (K/B, B, N)
+    top = np.abs(blocks).max(axis=1)  # (K/B, N)
+    scale = top / 127
+    levels = np.rint(blocks / np.where(top > 0, scale, 1.0)[:, None])
+    if not (np.abs(scale[:, None] * levels - blocks).max(axis=1) <= rtol * top).all():
+        return None
+    return levels.astype(np.int8).reshape(k, n), scale.astype(np.float32)
+
+
 def _pack_levels(levels: np.ndarray, block: int) -> np.ndarray:
     """(K, N) levels in 0..15 -> MatMulNBits' B: (N, K/block, block/2) uint8, the even k in
     the low nibble."""
@@ -294,11 +310,12 @@ def _pack_levels(levels: np.ndarray, block: int) -> np.ndarray:
 
 
 def exact_int4(proto, mode: str = "offset", accuracy_level: int = INT4_ACCURACY_LEVEL,
-               block: int = INT4_BLOCK) -> tuple[int, list[str]]:
+               block: int = INT4_BLOCK, keep_8bit: bool = False) -> tuple[int, list[str]]:
     """Rewrite, in place, the MatMuls whose weight initializer is exactly 16-level blockwise
-    (blockwise_4bit) into MatMulNBits on those levels (see INT4_EXACT_MODES). Returns (the
-    count rewritten, the names of the float MatMuls added, which the quantizer run after this
-    must leave alone)."""
+    (blockwise_4bit) into MatMulNBits on those levels (see INT4_EXACT_MODES); keep_8bit: also
+    those exactly symmetric 8-bit blockwise (blockwise_8bit, a GGUF's Q8_0 tensors) into 8-bit
+    MatMulNBits, twice the bytes of 4 bits. Returns (the count rewritten, the names of the float
+    MatMuls added, which the quantizer run after this must leave alone)."""
     from onnx import helper, numpy_helper
 
     if mode not in INT4_EXACT_MODES:
@@ -314,14 +331,30 @@ def exact_int4(proto, mode: str = "offset", accuracy_level: int = INT4_ACCURACY_
     nodes, added, dropped, rewritten = [], [], set(), 0
     for node in graph.node:
         init = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        found = None if init is None else blockwise_4bit(numpy_helper.to_array(init), block)
-        if found is None:
+        weight = None if init is None else numpy_helper.to_array(init)
+        found = None if weight is None else blockwise_4bit(weight, block)
+        eight = None if found is not None or weight is None or not keep_8bit else blockwise_8bit(weight, block)
+        if found is None and eight is None:
             nodes.append(node)
+            continue
+        x, w, out = node.input[0], node.input[1], node.output[0]
+        base = node.name or f"/MatMul_{w}"
+        uses[w] -= 1
+        if not uses[w]:
+            dropped.add(w)
+        rewritten += 1
+        if eight is not None:  # no zero points: MatMulNBits takes 128 as zero, scale * (q + 128 - 128)
+            levels, scale = eight
+            k, n = levels.shape
+            packed = (levels.astype(np.int16) + 128).astype(np.uint8).T.reshape(n, k // block, block)
+            graph.initializer.extend([numpy_helper.from_array(packed, f"{w}.q8_levels"),
+                                      numpy_helper.from_array(np.ascontiguousarray(scale.T), f"{w}.q8_scales")])
+            nodes.append(helper.make_node("MatMulNBits", [x, f"{w}.q8_levels", f"{w}.q8_scales"], [out],
+                                          name=f"{base}/q8", domain="com.microsoft", K=k, N=n, bits=8,
+                                          block_size=block, accuracy_level=accuracy_level))
             continue
         levels, scale, low = found
         k, n = levels.shape
-        x, w, out = node.input[0], node.input[1], node.output[0]
-        base = node.name or f"/MatMul_{w}"
         names = [f"{w}.q4_levels", f"{w}.q4_scales"]
         graph.initializer.extend([numpy_helper.from_array(_pack_levels(levels, block), names[0]),
                                   numpy_helper.from_array(np.ascontiguousarray(scale.T), names[1])])  # (N, K/B)
@@ -338,21 +371,20 @@ def exact_int4(proto, mode: str = "offset", accuracy_level: int = INT4_ACCURACY_
             if np.abs(rest).max() <= INT4_EXACT_RTOL * max(float(np.abs(scale).max()), 1e-30):  # Q4_0
                 nodes.append(helper.make_node("MatMulNBits", [x, *names], [out], name=f"{base}/q4", **attrs))
             else:
-                ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))  # (K, K/B)
-                graph.initializer.extend([numpy_helper.from_array(ones, f"{w}.q4_block_sums"),
-                                          numpy_helper.from_array(rest, f"{w}.q4_offsets")])
+                ones = f"q4_block_sums_{k}"  # (K, K/B), one per K
+                if ones not in inits:
+                    inits[ones] = numpy_helper.from_array(
+                        np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32)), ones)
+                    graph.initializer.append(inits[ones])
+                graph.initializer.append(numpy_helper.from_array(rest, f"{w}.q4_offsets"))
                 main, sums, offsets = f"{base}/q4/levels", f"{base}/q4/sums", f"{base}/q4/offsets"
                 nodes += [helper.make_node("MatMulNBits", [x, *names], [main], name=f"{base}/q4", **attrs),
-                          helper.make_node("MatMul", [x, f"{w}.q4_block_sums"], [sums],  # (..., K/B)
+                          helper.make_node("MatMul", [x, ones], [sums],  # (..., K/B)
                                            name=f"{base}/q4_sums"),
                           helper.make_node("MatMul", [sums, f"{w}.q4_offsets"], [offsets],  # (..., N)
                                            name=f"{base}/q4_offsets"),
                           helper.make_node("Add", [main, offsets], [out], name=f"{base}/q4_add")]
                 added += [f"{base}/q4_sums", f"{base}/q4_offsets"]
-        uses[w] -= 1
-        if not uses[w]:
-            dropped.add(w)
-        rewritten += 1
     if rewritten:
         del graph.node[:]
         graph.node.extend(nodes)
@@ -362,11 +394,12 @@ def exact_int4(proto, mode: str = "offset", accuracy_level: int = INT4_ACCURACY_
     return rewritten, added
 
 
-def quantize(proto, precision: str, exact: str = "offset", accuracy_level: int = INT4_ACCURACY_LEVEL):
+def quantize(proto, precision: str, exact: str = "offset", accuracy_level: int = INT4_ACCURACY_LEVEL,
+             keep_8bit: bool = False):
     """Weight-quantize a fused graph's MatMuls (the embedding's Gather stays float). int4:
     weights that are already 4-bit blockwise keep their own grid (exact_int4, mode `exact`),
     the others are quantized symmetrically; accuracy_level is MatMulNBits' (4: int8
-    activations, 1: float activations)."""
+    activations, 1: float activations); keep_8bit: exactly 8-bit weights stay 8-bit."""
     from engines.onnx_graphs import unshare_lm_head
 
     if precision == "fp32":
@@ -376,9 +409,9 @@ def quantize(proto, precision: str, exact: str = "offset", accuracy_level: int =
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         matmuls = sum(node.op_type == "MatMul" for node in proto.graph.node)
-        rewritten, added = exact_int4(proto, exact, accuracy_level)
-        log.info("int4: %d of %d MatMul weights exactly 4-bit blockwise (%s), the rest re-quantized",
-                 rewritten, matmuls, exact)
+        rewritten, added = exact_int4(proto, exact, accuracy_level, keep_8bit=keep_8bit)
+        log.info("int4: %d of %d MatMul weights exactly %s blockwise (%s), the rest re-quantized",
+                 rewritten, matmuls, "4- or 8-bit" if keep_8bit else "4-bit", exact)
         quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=INT4_BLOCK, is_symmetric=True,
                                          accuracy_level=accuracy_level, nodes_to_exclude=added)
         quantizer.process()
@@ -397,11 +430,13 @@ def quantize(proto, precision: str, exact: str = "offset", accuracy_level: int =
 
 def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32",
                 packed_mlp: bool = True, exact_int4: str = "offset",
-                int4_accuracy_level: int = INT4_ACCURACY_LEVEL) -> dict[str, Path]:
+                int4_accuracy_level: int = INT4_ACCURACY_LEVEL, keep_8bit: bool = False) -> dict[str, Path]:
     """Write fused full_step.onnx and recycle_step.onnx (inplace-kv-v1) into `out`.
 
     int4: exact_int4 is the mode for weights that are 4-bit blockwise already (a GGUF's Q4_1
-    tensors; INT4_EXACT_MODES), int4_accuracy_level MatMulNBits' accuracy_level.
+    tensors; INT4_EXACT_MODES), int4_accuracy_level MatMulNBits' accuracy_level, keep_8bit
+    whether weights that are exactly 8-bit blockwise (a GGUF's Q8_0 embedding, hence the tied
+    LM head) stay 8-bit rather than being re-quantized to 4 bits.
 
     Returns graph name -> path.
     Raises: EngineBuildError for an export this builder cannot read (not float32, or
@@ -423,7 +458,7 @@ def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32",
     for name in (C.FULL_STEP, C.RECYCLE_STEP):
         proto = quantize(emit_graph(name, cfg, weights, draft_tokens if name == C.RECYCLE_STEP else None,
                                     packed_mlp),
-                         precision, exact_int4, int4_accuracy_level)
+                         precision, exact_int4, int4_accuracy_level, keep_8bit)
         path = paths[name] = out / f"{name}.onnx"
         large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
         onnx.save_model(proto, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
