@@ -73,10 +73,21 @@ def q4_1(weight, block: int = 32):
     return (d * levels + m).float().reshape(rows, cols).to(torch.float32)
 
 
+def q8_0(weight, block: int = 32):
+    """A matrix (rows, in) rounded as GGUF Q8_0 rounds it: d = max |w| / 127 per block of
+    `block` along in, kept in float16, w = d * q with q in -127..127."""
+    rows, cols = weight.shape
+    blocks = weight.detach().reshape(rows, cols // block, block).double()
+    top = blocks.abs().max(-1, keepdim=True).values
+    d = (top / 127).half().double()
+    return (d * (blocks / (top / 127)).round()).float().reshape(rows, cols)
+
+
 @pytest.fixture(scope="module")
 def q4_artifacts(tmp_path_factory):
-    """A tiny model whose every matrix (the tied embedding and the module's too) is
-    Q4_1-representable along its input dimension, as a Q4_1 GGUF's dequantized weights are."""
+    """A tiny model whose every Linear (the module's too) is Q4_1-representable along its
+    input dimension and whose tied embedding is Q8_0, as a Q4_1 GGUF's dequantized weights
+    are (SmolLM2's)."""
     import torch
 
     from recycle_export.checkpoint import Checkpoint, save_checkpoint
@@ -86,9 +97,9 @@ def q4_artifacts(tmp_path_factory):
 
     model = tiny_model(seed=5)
     with torch.no_grad():
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             if p.dim() == 2:
-                p.copy_(q4_1(p))
+                p.copy_(q8_0(p) if name.endswith("embed_tokens.weight") else q4_1(p))
     root = tmp_path_factory.mktemp("q4")
     save_checkpoint(Checkpoint(model, False, GenerationRecord(eos_token_ids=(2,))), root / "ckpt")
     export(root / "ckpt", root / "art")
@@ -101,6 +112,8 @@ def test_blockwise_4bit_recovers_q4_1_and_refuses_the_rest():
 
     from engines.ort_fused import blockwise_4bit
 
+    from engines.ort_fused import blockwise_8bit
+
     weight = q4_1(torch.randn(48, 96, generator=torch.Generator().manual_seed(0)))  # (N, K)
     found = blockwise_4bit(np.ascontiguousarray(weight.numpy().T))  # MatMul's (K, N)
     assert found is not None
@@ -111,6 +124,12 @@ def test_blockwise_4bit_recovers_q4_1_and_refuses_the_rest():
     rng = np.random.default_rng(0)
     assert blockwise_4bit(rng.standard_normal((96, 48)).astype(np.float32)) is None
     assert blockwise_4bit(np.ascontiguousarray(weight.numpy().T[:80])) is None  # K not a multiple of 32
+    eight = q8_0(torch.randn(48, 96, generator=torch.Generator().manual_seed(1))).numpy().T
+    assert blockwise_4bit(np.ascontiguousarray(eight)) is None
+    levels, scales = blockwise_8bit(np.ascontiguousarray(eight))
+    assert np.abs(levels).max() == 127
+    np.testing.assert_allclose(np.repeat(scales, 32, axis=0) * levels, eight, rtol=0, atol=1e-6)
+    assert blockwise_8bit(rng.standard_normal((96, 48)).astype(np.float32)) is None
 
 
 def _fused_nodes(folder):
@@ -120,6 +139,7 @@ def _fused_nodes(folder):
             for n in onnx.load(str(folder / f"{name}.onnx"), load_external_data=False).graph.node]
 
 
+# keep_8bit: the Q8_0 head stays 8-bit, so every weight keeps its grid.
 # Float activations (accuracy level 1): the exact weights leave only float rounding. Level 4
 # quantizes activations to int8 per block, so there the bound is loose (the module's logits
 # moved by 0.65 of 7.6 at most, the base's by 0.28); re-quantizing the Q4_1 weights
@@ -128,9 +148,10 @@ def _fused_nodes(folder):
                                                      ("offset", 4, 0.15)])
 def test_q4_weights_take_the_exact_int4_path(q4_artifacts, mode, level, tolerance, tmp_path):
     art = Artifacts.load(q4_artifacts)
-    build_fused(art, tmp_path / "fused", "int4", exact_int4=mode, int4_accuracy_level=level)
+    build_fused(art, tmp_path / "fused", "int4", exact_int4=mode, int4_accuracy_level=level, keep_8bit=True)
     nodes = _fused_nodes(tmp_path / "fused")
-    assert not [n.name for n in nodes if n.op_type == "MatMulNBits" and not n.name.endswith("/q4")]
+    assert not [n.name for n in nodes if n.op_type == "MatMulNBits" and n.name[-3:] not in ("/q4", "/q8")]
+    assert sum(n.name.endswith("/q8") for n in nodes) == 2  # the LM head in each graph
     assert not [n.name for n in nodes if n.op_type in ("MatMul", "Gemm") and "/q4_" not in n.name]
     report = parity(art, tmp_path / "fused", threads=1)  # against the float portable graphs
     diff = max(v for k, v in report["max_abs_diff"].items() if not k.endswith("argmax_agree"))
@@ -142,10 +163,17 @@ def test_q4_weights_take_the_exact_int4_path(q4_artifacts, mode, level, toleranc
         assert diff < 0.5 * max(v for k, v in off.items() if not k.endswith("argmax_agree")), (diff, off)
 
 
+def test_q8_head_is_requantized_by_default(q4_artifacts, tmp_path):
+    build_fused(Artifacts.load(q4_artifacts), tmp_path / "fused", "int4")
+    nodes = _fused_nodes(tmp_path / "fused")
+    assert not [n.name for n in nodes if n.name.endswith("/q8")]
+    assert len([n for n in nodes if n.op_type == "MatMulNBits" and not n.name.endswith("/q4")]) == 2
+
+
 def test_random_weights_fall_back_to_the_quantizer(tiny_artifacts, tmp_path):
     build_fused(Artifacts.load(tiny_artifacts), tmp_path / "fused", "int4")
     nodes = _fused_nodes(tmp_path / "fused")
-    assert not [n.name for n in nodes if "/q4" in n.name]
+    assert not [n.name for n in nodes if "/q4" in n.name or "/q8" in n.name]
     assert sum(n.op_type == "MatMulNBits" for n in nodes) > 0
 
 
