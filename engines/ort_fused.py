@@ -358,7 +358,8 @@ def exact_int4(proto, mode: str = "offset", accuracy_level: int = INT4_ACCURACY_
         names = [f"{w}.q4_levels", f"{w}.q4_scales"]
         graph.initializer.extend([numpy_helper.from_array(_pack_levels(levels, block), names[0]),
                                   numpy_helper.from_array(np.ascontiguousarray(scale.T), names[1])])  # (N, K/B)
-        attrs = dict(domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=accuracy_level)
+        attrs = {"domain": "com.microsoft", "K": k, "N": n, "bits": 4, "block_size": block,
+                 "accuracy_level": accuracy_level}
         if mode == "float_zp":  # scale * (q - zero), zero = -offset / scale
             zero = np.where(scale > 0, -low / np.where(scale > 0, scale, 1), 0).astype(np.float32)
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(zero.T), f"{w}.q4_zero_points"))

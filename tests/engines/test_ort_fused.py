@@ -110,9 +110,7 @@ def test_blockwise_4bit_recovers_q4_1_and_refuses_the_rest():
     import numpy as np
     import torch
 
-    from engines.ort_fused import blockwise_4bit
-
-    from engines.ort_fused import blockwise_8bit
+    from engines.ort_fused import blockwise_4bit, blockwise_8bit
 
     weight = q4_1(torch.randn(48, 96, generator=torch.Generator().manual_seed(0)))  # (N, K)
     found = blockwise_4bit(np.ascontiguousarray(weight.numpy().T))  # MatMul's (K, N)
