@@ -33,6 +33,15 @@ SHARED_INITIALIZERS = ("embed_tokens",)
 INT4_BLOCK = 32  # weights per scale: the granularity onnxruntime-genai uses for CPU int4
 # MatMulNBits accuracy level 4: int8 activations in the dot products, the fast CPU path.
 INT4_ACCURACY_LEVEL = 4
+# A weight whose every block of INT4_BLOCK along K is 16 evenly spaced levels (a GGUF Q4_1 or
+# Q4_0 tensor, dequantized) to this fraction of the block's range keeps its own grid.
+INT4_EXACT_RTOL = 1e-6
+# How such a weight is emitted: "offset" (MatMulNBits on the levels without zero points, plus
+# the blocks' offsets through a small float MatMul on block sums of the input; keeps the
+# prepacked int8 kernel), "float_zp" (MatMulNBits with float zero points: exact in one node,
+# but onnxruntime 1.32's CPU kernel then dequantizes the whole weight on every call and runs a
+# float GEMM, ComputeBUnpacked) or "off" (re-quantize symmetrically like any other weight).
+INT4_EXACT_MODES = ("offset", "float_zp", "off")
 
 
 @dataclass(frozen=True)
@@ -256,8 +265,144 @@ def emit_graph(name: str, cfg: _Config, weights: Weights, draft_tokens: np.ndarr
                              producer_name="recycle-export engines.ort_fused")
 
 
-def quantize(proto, precision: str):
-    """Weight-quantize a fused graph's MatMuls (the embedding's Gather stays float)."""
+def blockwise_4bit(weight: np.ndarray, block: int = INT4_BLOCK, rtol: float = INT4_EXACT_RTOL):
+    """A (K, N) MatMul weight as 16-level blocks along K, if it is one: (levels (K, N) uint8
+    in 0..15, scales (K/block, N), offsets (K/block, N)) float32 with
+    weight[k, n] == scales[k // block, n] * levels[k, n] + offsets[k // block, n] to rtol of
+    each block's range (GGUF Q4_1: scale d, offset m; Q4_0 is offset = -8 d). None when not
+    (a weight that was never 4-bit, or that K is not a multiple of block)."""
+    if weight.ndim != 2 or weight.dtype != np.float32 or weight.shape[0] % block or not weight.size:
+        return None
+    k, n = weight.shape
+    blocks = weight.reshape(k // block, block, n).astype(np.float64)  # (K/B, B, N)
+    low, high = blocks.min(axis=1), blocks.max(axis=1)  # (K/B, N)
+    span = high - low
+    scale = span / 15  # the lowest weight is level 0, the highest level 15
+    flat = span == 0  # a constant block: every weight is the offset, level 0
+    levels = np.rint((blocks - low[:, None]) / np.where(flat, 1.0, scale)[:, None])
+    levels[np.broadcast_to(flat[:, None], levels.shape)] = 0
+    error = np.abs(scale[:, None] * levels + low[:, None] - blocks).max(axis=1)
+    if not (error <= rtol * span).all():
+        return None
+    return levels.astype(np.uint8).reshape(k, n), scale.astype(np.float32), low.astype(np.float32)
+
+
+def blockwise_8bit(weight: np.ndarray, block: int = INT4_BLOCK, rtol: float = INT4_EXACT_RTOL):
+    """A (K, N) MatMul weight as symmetric 8-bit blocks along K, if it is one (GGUF Q8_0:
+    w = d * q, q in -127..127, d = max |w| / 127 per block): (levels (K, N) int8, scales
+    (K/block, N) float32), else None."""
+    if weight.ndim != 2 or weight.dtype != np.float32 or weight.shape[0] % block or not weight.size:
+        return None
+    k, n = weight.shape
+    blocks = weight.reshape(k // block, block, n).astype(np.float64)  # (K/B, B, N)
+    top = np.abs(blocks).max(axis=1)  # (K/B, N)
+    scale = top / 127
+    levels = np.rint(blocks / np.where(top > 0, scale, 1.0)[:, None])
+    if not (np.abs(scale[:, None] * levels - blocks).max(axis=1) <= rtol * top).all():
+        return None
+    return levels.astype(np.int8).reshape(k, n), scale.astype(np.float32)
+
+
+def _pack_levels(levels: np.ndarray, block: int) -> np.ndarray:
+    """(K, N) levels in 0..15 -> MatMulNBits' B: (N, K/block, block/2) uint8, the even k in
+    the low nibble."""
+    k, n = levels.shape
+    by_column = levels.T.reshape(n, k // block, block)
+    return (by_column[..., 0::2] | (by_column[..., 1::2] << 4)).astype(np.uint8)
+
+
+def exact_int4(proto, mode: str = "offset", accuracy_level: int = INT4_ACCURACY_LEVEL,
+               block: int = INT4_BLOCK, keep_8bit: bool = False) -> tuple[int, list[str]]:
+    """Rewrite, in place, the MatMuls whose weight initializer is exactly 16-level blockwise
+    (blockwise_4bit) into MatMulNBits on those levels (see INT4_EXACT_MODES); keep_8bit: also
+    those exactly symmetric 8-bit blockwise (blockwise_8bit, a GGUF's Q8_0 tensors) into 8-bit
+    MatMulNBits, twice the bytes of 4 bits. Returns (the count rewritten, the names of the float
+    MatMuls added, which the quantizer run after this must leave alone)."""
+    from onnx import helper, numpy_helper
+
+    if mode not in INT4_EXACT_MODES:
+        raise EngineBuildError(f"exact int4 mode {mode!r} is not one of {INT4_EXACT_MODES}")
+    if mode == "off":
+        return 0, []
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    nodes, added, dropped, rewritten = [], [], set(), 0
+    for node in graph.node:
+        init = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        weight = None if init is None else numpy_helper.to_array(init)
+        found = None if weight is None else blockwise_4bit(weight, block)
+        eight = None if found is not None or weight is None or not keep_8bit else blockwise_8bit(weight, block)
+        if found is None and eight is None:
+            nodes.append(node)
+            continue
+        x, w, out = node.input[0], node.input[1], node.output[0]
+        base = node.name or f"/MatMul_{w}"
+        uses[w] -= 1
+        if not uses[w]:
+            dropped.add(w)
+        rewritten += 1
+        if eight is not None:  # no zero points: MatMulNBits takes 128 as zero, scale * (q + 128 - 128)
+            levels, scale = eight
+            k, n = levels.shape
+            packed = (levels.astype(np.int16) + 128).astype(np.uint8).T.reshape(n, k // block, block)
+            graph.initializer.extend([numpy_helper.from_array(packed, f"{w}.q8_levels"),
+                                      numpy_helper.from_array(np.ascontiguousarray(scale.T), f"{w}.q8_scales")])
+            nodes.append(helper.make_node("MatMulNBits", [x, f"{w}.q8_levels", f"{w}.q8_scales"], [out],
+                                          name=f"{base}/q8", domain="com.microsoft", K=k, N=n, bits=8,
+                                          block_size=block, accuracy_level=accuracy_level))
+            continue
+        levels, scale, low = found
+        k, n = levels.shape
+        names = [f"{w}.q4_levels", f"{w}.q4_scales"]
+        graph.initializer.extend([numpy_helper.from_array(_pack_levels(levels, block), names[0]),
+                                  numpy_helper.from_array(np.ascontiguousarray(scale.T), names[1])])  # (N, K/B)
+        attrs = {"domain": "com.microsoft", "K": k, "N": n, "bits": 4, "block_size": block,
+                 "accuracy_level": accuracy_level}
+        if mode == "float_zp":  # scale * (q - zero), zero = -offset / scale
+            zero = np.where(scale > 0, -low / np.where(scale > 0, scale, 1), 0).astype(np.float32)
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(zero.T), f"{w}.q4_zero_points"))
+            nodes.append(helper.make_node("MatMulNBits", [x, *names, f"{w}.q4_zero_points"], [out],
+                                          name=f"{base}/q4", **attrs))
+        else:
+            # Without zero points MatMulNBits computes scale * (q - 8); the rest of each weight,
+            # offset + 8 scale, is one value per (block, column): the block's input sum times it.
+            rest = (low.astype(np.float64) + 8 * scale.astype(np.float64)).astype(np.float32)  # (K/B, N)
+            if np.abs(rest).max() <= INT4_EXACT_RTOL * max(float(np.abs(scale).max()), 1e-30):  # Q4_0
+                nodes.append(helper.make_node("MatMulNBits", [x, *names], [out], name=f"{base}/q4", **attrs))
+            else:
+                ones = f"q4_block_sums_{k}"  # (K, K/B), one per K
+                if ones not in inits:
+                    inits[ones] = numpy_helper.from_array(
+                        np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32)), ones)
+                    graph.initializer.append(inits[ones])
+                graph.initializer.append(numpy_helper.from_array(rest, f"{w}.q4_offsets"))
+                main, sums, offsets = f"{base}/q4/levels", f"{base}/q4/sums", f"{base}/q4/offsets"
+                nodes += [helper.make_node("MatMulNBits", [x, *names], [main], name=f"{base}/q4", **attrs),
+                          helper.make_node("MatMul", [x, ones], [sums],  # (..., K/B)
+                                           name=f"{base}/q4_sums"),
+                          helper.make_node("MatMul", [sums, f"{w}.q4_offsets"], [offsets],  # (..., N)
+                                           name=f"{base}/q4_offsets"),
+                          helper.make_node("Add", [main, offsets], [out], name=f"{base}/q4_add")]
+                added += [f"{base}/q4_sums", f"{base}/q4_offsets"]
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        kept = [t for t in graph.initializer if t.name not in dropped]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return rewritten, added
+
+
+def quantize(proto, precision: str, exact: str = "offset", accuracy_level: int = INT4_ACCURACY_LEVEL,
+             keep_8bit: bool = False):
+    """Weight-quantize a fused graph's MatMuls (the embedding's Gather stays float). int4:
+    weights that are already 4-bit blockwise keep their own grid (exact_int4, mode `exact`),
+    the others are quantized symmetrically; accuracy_level is MatMulNBits' (4: int8
+    activations, 1: float activations); keep_8bit: exactly 8-bit weights stay 8-bit."""
     from engines.onnx_graphs import unshare_lm_head
 
     if precision == "fp32":
@@ -266,8 +411,12 @@ def quantize(proto, precision: str):
     if precision == "int4":
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+        matmuls = sum(node.op_type == "MatMul" for node in proto.graph.node)
+        rewritten, added = exact_int4(proto, exact, accuracy_level, keep_8bit=keep_8bit)
+        log.info("int4: %d of %d MatMul weights exactly %s blockwise (%s), the rest re-quantized",
+                 rewritten, matmuls, "4- or 8-bit" if keep_8bit else "4-bit", exact)
         quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=INT4_BLOCK, is_symmetric=True,
-                                         accuracy_level=INT4_ACCURACY_LEVEL)
+                                         accuracy_level=accuracy_level, nodes_to_exclude=added)
         quantizer.process()
         return quantizer.model.model
     import tempfile
@@ -305,12 +454,18 @@ def share_initializers(proto, folder: Path) -> None:
 
 
 def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32",
-                packed_mlp: bool = True) -> dict[str, Path]:
+                packed_mlp: bool = True, exact_int4: str = "offset",
+                int4_accuracy_level: int = INT4_ACCURACY_LEVEL, keep_8bit: bool = False) -> dict[str, Path]:
     """Write fused full_step.onnx and recycle_step.onnx (inplace-kv-v1) into `out`.
+
+    int4: exact_int4 is the mode for weights that are 4-bit blockwise already (a GGUF's Q4_1
+    tensors; INT4_EXACT_MODES), int4_accuracy_level MatMulNBits' accuracy_level, keep_8bit
+    whether weights that are exactly 8-bit blockwise (a GGUF's Q8_0 embedding, hence the tied
+    LM head) stay 8-bit rather than being re-quantized to 4 bits.
 
     Returns graph name -> path.
     Raises: EngineBuildError for an export this builder cannot read (not float32, or
-        without the exporter's weight map) or an unknown precision.
+        without the exporter's weight map), an unknown precision or exact_int4 mode.
     """
     import onnx
 
@@ -328,7 +483,7 @@ def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32",
     for name in (C.FULL_STEP, C.RECYCLE_STEP):
         proto = quantize(emit_graph(name, cfg, weights, draft_tokens if name == C.RECYCLE_STEP else None,
                                     packed_mlp),
-                         precision)
+                         precision, exact_int4, int4_accuracy_level, keep_8bit)
         share_initializers(proto, out)
         path = paths[name] = out / f"{name}.onnx"
         large = sum(t.ByteSize() for t in proto.graph.initializer) > EXTERNAL_DATA_BYTES
