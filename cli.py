@@ -14,7 +14,7 @@ import click
 
 from runtime.errors import RecycleExportError
 from runtime.prompts import TEMPLATE_SETS
-from runtime.request import STRATEGIES
+from runtime.request import MAX_DRAFT, STRATEGIES, DraftOptions, Request
 
 
 class _Group(click.Group):
@@ -226,6 +226,26 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
         click.echo(f"wrote {module_out}")
 
 
+def draft_options(command):
+    """verify's draft options (runtime.request.DraftOptions), shared by generate and bench."""
+    defaults = DraftOptions()
+    for option in reversed((
+            click.option("--max-draft", type=int, default=defaults.max_draft, show_default=True,
+                         help=f"verify: drafted tokens per base step (1..{MAX_DRAFT})."),
+            click.option("--lookup-ngram", type=int, default=defaults.lookup_ngram, show_default=True,
+                         help="verify: draft by prompt lookup on the last N tokens (0: off)."),
+            click.option("--module-drafts/--no-module-drafts", default=defaults.module, show_default=True,
+                         help="verify: draft with the recyclable module when lookup finds nothing."),
+            click.option("--min-draft-probability", type=float, default=defaults.min_probability,
+                         show_default=True, help="verify: end a module chain below this top probability."))):
+        command = option(command)
+    return command
+
+
+def _drafts(max_draft, lookup_ngram, module_drafts, min_draft_probability) -> DraftOptions:
+    return DraftOptions(max_draft, lookup_ngram, module_drafts, min_draft_probability)
+
+
 @main.command()
 @click.option("--artifacts", type=click.Path(file_okay=False), help="Export directory: decode with the runtime.")
 @click.option("--model", "model_path", type=click.Path(), help="Checkpoint: decode with the PyTorch reference.")
@@ -242,22 +262,25 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
 @click.option("--stream", is_flag=True, help="Print text as it is generated (runtime only).")
 @click.option("--engine", default=None, help="An engine built under the artifacts (`cli.py build`), e.g. cpu-int4; default: the exported graphs on the CPU.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (runtime; default: all cores).")
+@draft_options
 def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temperature, top_k, top_p,
-             seed, stop_strings, stream, engine, threads) -> None:
+             seed, stop_strings, stream, engine, threads, **drafts) -> None:
     """Generate text from a prompt with the runtime (--artifacts) or the reference (--model)."""
     from runtime.sampling import SamplingParams
 
     if (artifacts is None) == (model_path is None):
         raise click.UsageError("give exactly one of --artifacts DIR (runtime) or --model CKPT (reference)")
     sampling = SamplingParams(temperature, top_k, top_p, seed)
+    drafts = _drafts(**drafts)
     if model_path is not None:
-        _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_tokens)
+        _generate_reference(model_path, prompt, chat, Request(strategy, sampling, max_new_tokens, drafts=drafts))
         return
-    from runtime.generator import Generator, Request
+    from runtime.generator import Generator
 
     generator = Generator.from_artifacts(artifacts, engine, threads)
     ids = generator.encode(prompt, chat=chat)
-    run = generator.stream(ids, Request(strategy, sampling, max_new_tokens, stop_strings=tuple(stop_strings)))
+    run = generator.stream(ids, Request(strategy, sampling, max_new_tokens, stop_strings=tuple(stop_strings),
+                                        drafts=drafts))
     if stream:
         shown = ""
         tokens = []
@@ -273,28 +296,31 @@ def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temp
         result = run.result()
         click.echo(result.text)
     st = result.stats
-    acceptance = "" if st.acceptance is None else f", drafts accepted {st.drafts_accepted}/{st.drafts_proposed}"
     click.echo(f"[{strategy}] {st.generated_tokens} tokens, finish: {result.finish_reason}, "
                f"prefill {st.prefill_tokens_per_s:.0f} tok/s, decode {st.decode_tokens_per_s:.1f} tok/s, "
-               f"base calls {st.base_calls}, module calls {st.module_calls}{acceptance}", err=True)
+               f"{_calls(st)}", err=True)
 
 
-def _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_tokens) -> None:
+def _calls(st) -> str:
+    text = f"base calls {st.base_calls}, module calls {st.module_calls}"
+    if st.drafts_proposed:
+        text += (f", drafts accepted {st.drafts_accepted}/{st.drafts_proposed} (lookup "
+                 f"{st.lookup_accepted}/{st.lookup_proposed}), {st.tokens_per_base_call:.2f} tokens per base call")
+    return text
+
+
+def _generate_reference(model_path, prompt, chat, request) -> None:
     from recycle_export.checkpoint import load_checkpoint
     from recycle_export.reference import ReferenceDecoder
-    from runtime.request import Request
     from runtime.tokenizer import TextCodec
 
     ckpt = load_checkpoint(model_path)
     codec = TextCodec.from_json(ckpt.tokenizer_json, ckpt.generation.chat_template, source=model_path)
     ids = codec.encode(prompt, chat=chat)
-    result = ReferenceDecoder(ckpt.model, ckpt.generation.eos_token_ids).generate(
-        ids, Request(strategy, sampling, max_new_tokens))
+    result = ReferenceDecoder(ckpt.model, ckpt.generation.eos_token_ids).generate(ids, request)
     click.echo(codec.decode(result.tokens))
-    st = result.stats
-    click.echo(f"[{strategy}, PyTorch reference] {len(result.tokens)} tokens, finish: {result.finish_reason}, "
-               f"base calls {st.base_calls}, module calls {st.module_calls}, "
-               f"drafts accepted {st.drafts_accepted}/{st.drafts_proposed}", err=True)
+    click.echo(f"[{request.strategy}, PyTorch reference] {len(result.tokens)} tokens, finish: {result.finish_reason}, "
+               f"{_calls(result.stats)}", err=True)
 
 
 @main.command()
@@ -308,9 +334,11 @@ def _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_to
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench.json", show_default=True)
 @click.option("--chart", "chart_path", type=click.Path(dir_okay=False), default="bench.png", show_default=True)
+@draft_options
 def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engine, threads, json_path,
-          chart_path) -> None:
+          chart_path, **drafts) -> None:
     """Run the strategies side by side (greedy, same prompts) and report decode speed."""
+    import dataclasses
     import os
     import platform
 
@@ -335,13 +363,14 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
             bar.set_description(message)
             bar.update(1)
 
-        figures = run_bench(generator, ids, names, max_new_tokens, repeats, warmup, progress)
+        figures = run_bench(generator, ids, names, max_new_tokens, repeats, warmup, progress, _drafts(**drafts))
     click.echo(table(figures))
     manifest = generator.artifacts.manifest
     context = {"artifacts": str(artifacts), "engine": engine or "exported graphs (onnxruntime CPU)",
                "dtype": manifest.dtype, "machine": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "threads": threads, "prompts": len(ids),
-               "max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup}
+               "max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup,
+               "drafts": dataclasses.asdict(_drafts(**drafts))}
     write_json(figures, json_path, context)
     write_chart(figures, chart_path, f"{Path(artifacts).name} ({engine or manifest.dtype + ' graphs'}, "
                                      f"{context['cores']} cores): {max_new_tokens} new tokens x {len(ids)} prompts")

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from runtime.generator import Generator, Request
+from runtime.generator import Generator
+from runtime.request import DraftOptions, Request
 from runtime.sampling import SamplingParams
 
 DEFAULT_PROMPTS = (
@@ -34,12 +35,14 @@ class StrategyFigures:
     base_calls: int
     module_calls: int
     acceptance: float | None
+    tokens_per_base_call: float | None  # after the prefill
     speedup: float | None = None  # over standard, when standard ran
 
 
 def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[str, ...],
               max_new_tokens: int, repeats: int, warmup: int = 1,
-              progress: Callable[[str], None] = lambda message: None) -> list[StrategyFigures]:
+              progress: Callable[[str], None] = lambda message: None,
+              drafts: DraftOptions = DraftOptions()) -> list[StrategyFigures]:
     """Greedy decoding with stop tokens off, so that every strategy generates the same
     number of tokens per prompt. Raises: GenerationError for a bad prompt."""
     speeds: dict[str, list[float]] = {s: [] for s in strategies}
@@ -49,7 +52,7 @@ def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[
         label = "warm-up" if round_ < warmup else f"repeat {round_ - warmup + 1}/{repeats}"
         for strategy in strategies:
             progress(f"{label}: {strategy}")
-            request = Request(strategy, SamplingParams(), max_new_tokens, stop_token_ids=())
+            request = Request(strategy, SamplingParams(), max_new_tokens, stop_token_ids=(), drafts=drafts)
             results = [generator.generate(p, request) for p in prompts]
             if round_ < warmup:
                 continue
@@ -67,7 +70,8 @@ def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[
             strategy, statistics.median(speeds[strategy]), (min(speeds[strategy]), max(speeds[strategy])),
             statistics.median(prefill[strategy]), sum(s.generated_tokens for s in stats),
             sum(s.base_calls for s in stats), sum(s.module_calls for s in stats),
-            sum(s.drafts_accepted for s in stats) / proposed if proposed else None))
+            sum(s.drafts_accepted for s in stats) / proposed if proposed else None,
+            sum(s.generated_tokens - s.batch for s in stats) / max(sum(s.base_calls - 1 for s in stats), 1)))
     baseline = next((f for f in figures if f.strategy == "standard"), None)
     for f in figures:
         if baseline is not None:
@@ -77,11 +81,12 @@ def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[
 
 def table(figures: list[StrategyFigures]) -> str:
     rows = [("strategy", "decode tok/s", "spread (min-max)", "prefill tok/s", "tokens",
-             "base calls", "module calls", "acceptance", "speedup")]
+             "base calls", "module calls", "acceptance", "tokens/base call", "speedup")]
     for f in figures:
         rows.append((f.strategy, f"{f.decode_tokens_per_s:.1f}", f"{f.spread[0]:.1f}-{f.spread[1]:.1f}",
                      f"{f.prefill_tokens_per_s:.0f}", str(f.tokens), str(f.base_calls), str(f.module_calls),
                      "-" if f.acceptance is None else f"{f.acceptance:.2f}",
+                     "-" if f.tokens_per_base_call is None else f"{f.tokens_per_base_call:.2f}",
                      "-" if f.speedup is None else f"{f.speedup:.2f}x"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
