@@ -226,10 +226,14 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
         click.echo(f"wrote {module_out}")
 
 
-def draft_options(command):
-    """verify's draft options (runtime.request.DraftOptions), shared by generate and bench."""
+def schedule_options(command):
+    """verify's draft options (runtime.request.DraftOptions) and alternate's confidence gate,
+    shared by generate and bench."""
     defaults = DraftOptions()
     for option in reversed((
+            click.option("--min-confidence", type=float, default=0.0, show_default=True,
+                         help="alternate: emit the module's token only at this top probability or more "
+                              "(0: always, the paper's schedule; 1: never, standard)."),
             click.option("--max-draft", type=int, default=defaults.max_draft, show_default=True,
                          help=f"verify: drafted tokens per base step (1..{MAX_DRAFT})."),
             click.option("--lookup-ngram", type=int, default=defaults.lookup_ngram, show_default=True,
@@ -242,8 +246,10 @@ def draft_options(command):
     return command
 
 
-def _drafts(max_draft, lookup_ngram, module_drafts, min_draft_probability) -> DraftOptions:
-    return DraftOptions(max_draft, lookup_ngram, module_drafts, min_draft_probability)
+def _schedule(max_draft, lookup_ngram, module_drafts, min_draft_probability, min_confidence) -> dict:
+    """Request fields from schedule_options."""
+    return {"drafts": DraftOptions(max_draft, lookup_ngram, module_drafts, min_draft_probability),
+            "min_confidence": min_confidence}
 
 
 @main.command()
@@ -262,25 +268,25 @@ def _drafts(max_draft, lookup_ngram, module_drafts, min_draft_probability) -> Dr
 @click.option("--stream", is_flag=True, help="Print text as it is generated (runtime only).")
 @click.option("--engine", default=None, help="An engine built under the artifacts (`cli.py build`), e.g. cpu-int4; default: the exported graphs on the CPU.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (runtime; default: all cores).")
-@draft_options
+@schedule_options
 def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temperature, top_k, top_p,
-             seed, stop_strings, stream, engine, threads, **drafts) -> None:
+             seed, stop_strings, stream, engine, threads, **schedule) -> None:
     """Generate text from a prompt with the runtime (--artifacts) or the reference (--model)."""
     from runtime.sampling import SamplingParams
 
     if (artifacts is None) == (model_path is None):
         raise click.UsageError("give exactly one of --artifacts DIR (runtime) or --model CKPT (reference)")
     sampling = SamplingParams(temperature, top_k, top_p, seed)
-    drafts = _drafts(**drafts)
+    schedule = _schedule(**schedule)
     if model_path is not None:
-        _generate_reference(model_path, prompt, chat, Request(strategy, sampling, max_new_tokens, drafts=drafts))
+        _generate_reference(model_path, prompt, chat, Request(strategy, sampling, max_new_tokens, **schedule))
         return
     from runtime.generator import Generator
 
     generator = Generator.from_artifacts(artifacts, engine, threads)
     ids = generator.encode(prompt, chat=chat)
     run = generator.stream(ids, Request(strategy, sampling, max_new_tokens, stop_strings=tuple(stop_strings),
-                                        drafts=drafts))
+                                        **schedule))
     if stream:
         shown = ""
         tokens = []
@@ -334,9 +340,9 @@ def _generate_reference(model_path, prompt, chat, request) -> None:
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench.json", show_default=True)
 @click.option("--chart", "chart_path", type=click.Path(dir_okay=False), default="bench.png", show_default=True)
-@draft_options
+@schedule_options
 def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engine, threads, json_path,
-          chart_path, **drafts) -> None:
+          chart_path, **schedule) -> None:
     """Run the strategies side by side (greedy, same prompts) and report decode speed."""
     import dataclasses
     import os
@@ -363,14 +369,14 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
             bar.set_description(message)
             bar.update(1)
 
-        figures = run_bench(generator, ids, names, max_new_tokens, repeats, warmup, progress, _drafts(**drafts))
+        figures = run_bench(generator, ids, names, max_new_tokens, repeats, warmup, progress, **_schedule(**schedule))
     click.echo(table(figures))
     manifest = generator.artifacts.manifest
     context = {"artifacts": str(artifacts), "engine": engine or "exported graphs (onnxruntime CPU)",
                "dtype": manifest.dtype, "machine": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "threads": threads, "prompts": len(ids),
                "max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup,
-               "drafts": dataclasses.asdict(_drafts(**drafts))}
+               **{k: (dataclasses.asdict(v) if k == "drafts" else v) for k, v in _schedule(**schedule).items()}}
     write_json(figures, json_path, context)
     write_chart(figures, chart_path, f"{Path(artifacts).name} ({engine or manifest.dtype + ' graphs'}, "
                                      f"{context['cores']} cores): {max_new_tokens} new tokens x {len(ids)} prompts")

@@ -47,6 +47,7 @@ class _State:
     stop_ids: set[int]
     sampling: SamplingParams
     drafts: DraftOptions
+    min_confidence: float
     rng: np.random.Generator
     base_kv: list[KV]
     module_kv: list[KV]
@@ -80,7 +81,7 @@ class ReferenceDecoder:
         check_request([list(prompt_ids)], request, self.cfg.max_seq_len, self.cfg.vocab_size)
         stop_ids = self.eos_token_ids if request.stop_token_ids is None else request.stop_token_ids
         s = _State(list(prompt_ids), len(prompt_ids), request.max_new_tokens, set(stop_ids),
-                   request.sampling, request.drafts, np.random.default_rng(request.sampling.seed),
+                   request.sampling, request.drafts, request.min_confidence, np.random.default_rng(request.sampling.seed),
                    self.model.empty_kv(self.cfg.n_layers), self.model.empty_kv(self.cfg.recycle_layers))
         self._schedules[request.strategy](self, s)
         return Generation(s.tokens[s.n_prompt:], s.finish_reason, s.stats, s.calls)
@@ -96,8 +97,10 @@ class ReferenceDecoder:
         logits = self._base_step(s, s.tokens[s.base_len:])
         while not self._emit(s, draw(self._probs(s, logits[-1]), s.rng)):
             module_logits = self._module_step(s)
-            if self._emit(s, draw(self._probs(s, module_logits), s.rng)):
-                return
+            top = np.exp(module_logits - module_logits.max())
+            if top.max() / top.sum() >= s.min_confidence:  # the confidence gate
+                if self._emit(s, draw(self._probs(s, module_logits), s.rng)):
+                    return
             logits = self._base_step(s, s.tokens[s.base_len:])
 
     def _verify(self, s: _State) -> None:

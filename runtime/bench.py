@@ -42,7 +42,7 @@ class StrategyFigures:
 def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[str, ...],
               max_new_tokens: int, repeats: int, warmup: int = 1,
               progress: Callable[[str], None] = lambda message: None,
-              drafts: DraftOptions = DraftOptions()) -> list[StrategyFigures]:
+              drafts: DraftOptions = DraftOptions(), min_confidence: float = 0.0) -> list[StrategyFigures]:
     """Greedy decoding with stop tokens off, so that every strategy generates the same
     number of tokens per prompt. Raises: GenerationError for a bad prompt."""
     speeds: dict[str, list[float]] = {s: [] for s in strategies}
@@ -52,7 +52,8 @@ def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[
         label = "warm-up" if round_ < warmup else f"repeat {round_ - warmup + 1}/{repeats}"
         for strategy in strategies:
             progress(f"{label}: {strategy}")
-            request = Request(strategy, SamplingParams(), max_new_tokens, stop_token_ids=(), drafts=drafts)
+            request = Request(strategy, SamplingParams(), max_new_tokens, stop_token_ids=(), drafts=drafts,
+                              min_confidence=min_confidence)
             results = [generator.generate(p, request) for p in prompts]
             if round_ < warmup:
                 continue

@@ -209,8 +209,12 @@ class Generator:
     def _alternate(self, s: _State):
         logits = self._base_step(s, s.unseen(BASE))
         while not (yield from self._emit(s, self._draw(s, logits[:, -1]))):
-            if (yield from self._emit(s, self._draw(s, self._module_step(s)))):
-                return
+            module_logits = self._module_step(s)
+            # The confidence gate: the module's token goes out unverified only when the module
+            # is sure enough (on every row); otherwise the base produces that position itself.
+            if all(self._confidence(row) >= s.request.min_confidence for row in module_logits):
+                if (yield from self._emit(s, self._draw(s, module_logits))):
+                    return
             logits = self._base_step(s, s.unseen(BASE))
 
     def _verify(self, s: _State):

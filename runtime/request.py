@@ -51,6 +51,9 @@ class Request:
     stop_token_ids: tuple[int, ...] | None = None  # None: the model's end-of-sequence tokens
     stop_strings: tuple[str, ...] = ()
     drafts: DraftOptions = DraftOptions()  # verify only
+    # alternate only: emit the module's token unverified only when its top probability is at
+    # least this; otherwise the base computes that position (0: the paper's alternate; 1: standard).
+    min_confidence: float = 0.0
 
 
 @dataclass
@@ -101,6 +104,8 @@ def check_request(prompts: list[list[int]], request: Request, max_seq_len: int, 
         raise GenerationError("no prompts given")
     if request.strategy == "verify" and len(prompts) > 1:
         raise GenerationError("verify decodes one prompt at a time; use standard or alternate for a batch")
+    if not 0.0 <= request.min_confidence <= 1.0:
+        raise GenerationError(f"min_confidence must be in [0, 1], got {request.min_confidence}")
     if request.max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
     for prompt in prompts:

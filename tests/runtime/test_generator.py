@@ -259,3 +259,17 @@ def test_lookup_draft():
 def test_bad_draft_options(options, message):
     with pytest.raises(GenerationError, match=message):
         DraftOptions(**options)
+
+
+@pytest.mark.parametrize("gate", [0.0, 0.2, 0.5, 1.0])
+def test_confidence_gate(generator, tiny, gate):
+    """alternate with a confidence gate makes the reference's calls and tokens; a gate of 1
+    gives standard's tokens (the module is never sure enough to skip the base)."""
+    for prompt in PROMPTS:
+        request = Request("alternate", max_new_tokens=20, stop_token_ids=(), min_confidence=gate)
+        ours, ref = generator.generate(prompt, request), ReferenceDecoder(tiny).generate(prompt, request)
+        assert ours.tokens == ref.tokens
+        assert (ours.stats.base_calls, ours.stats.module_calls) == (ref.stats.base_calls, ref.stats.module_calls)
+        if gate == 1.0:
+            assert ours.tokens == generator.generate(prompt, Request("standard", max_new_tokens=20,
+                                                                     stop_token_ids=())).tokens
