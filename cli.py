@@ -311,23 +311,15 @@ def _task_set_options(command):
 
 def _task_prompts(generator, task_set: str, kinds: str | None, per_kind: int | None,
                   max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
-    """The task set's chosen prompts through the chat template, and the kind of each.
-    Prompts with no room for max_new_tokens within the model's maximum sequence length are
-    skipped, with a note on stderr."""
-    from runtime.errors import TaskSetError
-    from runtime.tasks import fit, load_tasks, parse_kinds, select
+    """The task set's prompts and the kind of each; a note on stderr names those skipped."""
+    from runtime.tasks import encode_task_set, parse_kinds
 
-    tasks = select(load_tasks(task_set), parse_kinds(kinds), per_kind)
-    ids = [generator.encode_messages(t.chat()) for t in tasks]
-    room = generator.capacity - max_new_tokens
-    tasks, ids, skipped = fit(tasks, ids, generator.capacity, max_new_tokens)
-    if skipped:
-        click.echo(f"note: skipped {len(skipped)} prompt(s) longer than {room} tokens (max_seq_len "
-                   f"{generator.capacity} - {max_new_tokens} new tokens): {', '.join(t.id for t in skipped)}", err=True)
-    if not tasks:
-        raise TaskSetError(f"no prompt of task set {task_set!r} fits {room} tokens; "
-                           f"lower --max-new-tokens or export with a larger --max-seq-len")
-    return ids, [t.kind for t in tasks]
+    encoded = encode_task_set(generator, task_set, parse_kinds(kinds), per_kind, max_new_tokens)
+    if encoded.skipped:
+        click.echo(f"note: skipped {len(encoded.skipped)} prompt(s) longer than {encoded.room} tokens (max_seq_len "
+                   f"{generator.capacity} - {max_new_tokens} new tokens): "
+                   f"{', '.join(t.id for t in encoded.skipped)}", err=True)
+    return encoded.prompts, encoded.kinds
 
 
 @main.command()

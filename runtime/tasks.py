@@ -147,6 +147,32 @@ def fit(tasks: list[Task], prompts: list[list[int]], max_seq_len: int,
     return [t for t, _ in kept], [p for _, p in kept], [t for t in tasks if t.id not in kept_ids]
 
 
+@dataclass
+class EncodedTasks:
+    prompts: list[list[int]]  # token ids through the chat template, grouped by kind
+    kinds: list[str]  # the kind of each prompt
+    skipped: list[Task]  # too long to leave room for the new tokens
+    room: int  # the longest prompt kept: max_seq_len - max_new_tokens
+
+
+def encode_task_set(generator, name: str, kinds: tuple[str, ...] | None = None, per_kind: int | None = None,
+                    max_new_tokens: int = 64) -> EncodedTasks:
+    """Load, select and encode a task set for `generator` (a runtime Generator: its
+    encode_messages and capacity), skipping prompts with no room for max_new_tokens.
+
+    Raises: TaskSetError as load_tasks and select, or when every chosen prompt is too long;
+        GenerationError for a model without a tokenizer or chat template.
+    """
+    tasks = select(load_tasks(name), kinds, per_kind)
+    ids = [generator.encode_messages(t.chat()) for t in tasks]
+    room = generator.capacity - max_new_tokens
+    tasks, ids, skipped = fit(tasks, ids, generator.capacity, max_new_tokens)
+    if not tasks:
+        raise TaskSetError(f"no prompt of task set {name!r} fits {room} tokens; lower --max-new-tokens "
+                           f"or export with a larger --max-seq-len")
+    return EncodedTasks(ids, [t.kind for t in tasks], skipped, room)
+
+
 def source_documents(name: str) -> list[str]:
     """Every source document a task set quotes (package:path), sorted: the documents that
     training on real text must leave out.
