@@ -329,6 +329,31 @@ def _generate_reference(model_path, prompt, chat, request) -> None:
                f"{_calls(result.stats)}", err=True)
 
 
+def _task_set_options(command):
+    """--task-set, --kinds and --per-kind, shared by bench and eval."""
+    command = click.option("--per-kind", type=int, default=None,
+                           help="With --task-set: the first N prompts of each kind (default: all).")(command)
+    command = click.option("--kinds", default=None,
+                           help="With --task-set: comma-separated kinds, e.g. chat,translation "
+                                "(default: every kind in the set).")(command)
+    return click.option("--task-set", default=None,
+                        help="Prompts from a task set: `real` (benchmarks/tasks/real_tasks.jsonl) or a JSONL path; "
+                             "figures per kind and overall.")(command)
+
+
+def _task_prompts(generator, task_set: str, kinds: str | None, per_kind: int | None,
+                  max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
+    """The task set's prompts and the kind of each; a note on stderr names those skipped."""
+    from runtime.tasks import encode_task_set, parse_kinds
+
+    encoded = encode_task_set(generator, task_set, parse_kinds(kinds), per_kind, max_new_tokens)
+    if encoded.skipped:
+        click.echo(f"note: skipped {len(encoded.skipped)} prompt(s) longer than {encoded.room} tokens (max_seq_len "
+                   f"{generator.capacity} - {max_new_tokens} new tokens): "
+                   f"{', '.join(t.id for t in encoded.skipped)}", err=True)
+    return encoded.prompts, encoded.kinds
+
+
 @main.command()
 @click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
 @click.option("--strategies", default=",".join(STRATEGIES), show_default=True)
@@ -340,17 +365,20 @@ def _generate_reference(model_path, prompt, chat, request) -> None:
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench.json", show_default=True)
 @click.option("--chart", "chart_path", type=click.Path(dir_okay=False), default="bench.png", show_default=True)
+@_task_set_options
 @schedule_options
 def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engine, threads, json_path,
-          chart_path, **schedule) -> None:
-    """Run the strategies side by side (greedy, same prompts) and report decode speed."""
+          chart_path, task_set, kinds, per_kind, **schedule) -> None:
+    """Run the strategies side by side (greedy, same prompts) and report decode speed
+    (per kind and overall with --task-set)."""
     import dataclasses
     import os
     import platform
 
     from tqdm import tqdm
 
-    from runtime.bench import DEFAULT_PROMPTS, run_bench, table, write_chart, write_json
+    from runtime.bench import (DEFAULT_PROMPTS, OVERALL, group_table, run_bench, run_bench_by_group, table,
+                               write_chart, write_json)
     from runtime.errors import GenerationError
 
     names = tuple(s.strip() for s in strategies.split(",") if s.strip())
@@ -360,64 +388,108 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
                               f"expected some of {', '.join(STRATEGIES)}")
     if repeats < 1:
         raise GenerationError(f"--repeats must be >= 1, got {repeats}")
+    _check_task_set_use(task_set, kinds, per_kind, "--prompt" if prompts else None)
     from runtime.generator import Generator
 
     generator = Generator.from_artifacts(artifacts, engine, threads)
-    ids = [generator.encode(p, chat=True) for p in (prompts or DEFAULT_PROMPTS)]
+    if task_set:
+        ids, groups = _task_prompts(generator, task_set, kinds, per_kind, max_new_tokens)
+    else:
+        ids, groups = [generator.encode(p, chat=True) for p in (prompts or DEFAULT_PROMPTS)], None
     with tqdm(total=(warmup + repeats) * len(names), desc="bench", disable=None) as bar:
         def progress(message: str) -> None:
             bar.set_description(message)
             bar.update(1)
 
-        figures = run_bench(generator, ids, names, max_new_tokens, repeats, warmup, progress, **_schedule(**schedule))
-    click.echo(table(figures))
+        options = _schedule(**schedule)
+        if groups:
+            by_kind = run_bench_by_group(generator, ids, groups, names, max_new_tokens, repeats, warmup, progress,
+                                         **options)
+            figures = by_kind[OVERALL]
+        else:
+            by_kind, figures = None, run_bench(generator, ids, names, max_new_tokens, repeats, warmup, progress,
+                                               **options)
+    if by_kind:
+        counts = {kind: groups.count(kind) for kind in dict.fromkeys(groups)}
+        click.echo(group_table(by_kind, {**counts, OVERALL: len(ids)}))
+    else:
+        click.echo(table(figures))
     manifest = generator.artifacts.manifest
     context = {"artifacts": str(artifacts), "engine": engine or "exported graphs (onnxruntime CPU)",
                "dtype": manifest.dtype, "machine": platform.processor() or platform.machine(),
                "cores": os.cpu_count(), "threads": threads, "prompts": len(ids),
-               "max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup,
-               **{k: (dataclasses.asdict(v) if k == "drafts" else v) for k, v in _schedule(**schedule).items()}}
-    write_json(figures, json_path, context)
+               "max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup, "task_set": task_set,
+               **{k: (dataclasses.asdict(v) if k == "drafts" else v) for k, v in options.items()}}
+    write_json(figures, json_path, context, by_kind)
+    prompts_label = f"{len(ids)} {task_set} prompts" if task_set else f"{len(ids)} prompts"
     write_chart(figures, chart_path, f"{Path(artifacts).name} ({engine or manifest.dtype + ' graphs'}, "
-                                     f"{context['cores']} cores): {max_new_tokens} new tokens x {len(ids)} prompts")
+                                     f"{context['cores']} cores): {max_new_tokens} new tokens x {prompts_label}")
     click.echo(f"wrote {json_path} and {chart_path}")
 
 
 @main.command("eval")
 @click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
-@click.option("--prompts", "count", type=int, default=32, show_default=True, help="Held-out prompts to use.")
+@click.option("--prompts", "count", type=int, default=None, help="Held-out prompts to use [default: 32].")
 @click.option("--template-set", type=click.Choice(list(TEMPLATE_SETS)), default="instructions",
               show_default=True, help="Which template set of runtime/prompts.py the held-out prompts come from.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--engine", default=None, help="An engine built under the artifacts (`cli.py build`), e.g. cpu-int4; default: the exported graphs on the CPU.")
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
-def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, json_path) -> None:
-    """Module quality on held-out prompts: top-1 agreement, verify acceptance, alternate's NLL cost."""
+@_task_set_options
+def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, json_path, task_set, kinds,
+             per_kind) -> None:
+    """Module quality on held-out prompts (or a task set's, per kind and overall): top-1
+    agreement, verify acceptance, alternate's NLL cost."""
     import dataclasses
     import json
 
     from tqdm import tqdm
 
     from runtime.errors import GenerationError
-    from runtime.evaluate import evaluate
+    from runtime.evaluate import OVERALL, evaluate_by_group, table
     from runtime.generator import Generator
     from runtime.prompts import prompts
 
+    _check_task_set_use(task_set, kinds, per_kind, "--prompts" if count is not None else None)
     held_out = prompts("heldout", template_set)
-    if not 1 <= count <= len(held_out):
+    count = 32 if count is None else count
+    if not task_set and not 1 <= count <= len(held_out):
         raise GenerationError(f"--prompts must be in 1..{len(held_out)}, got {count}")
     generator = Generator.from_artifacts(artifacts, engine, threads)
-    ids = [generator.encode(text, chat=True) for text in held_out[:count]]
-    with tqdm(total=count, desc="eval", disable=None) as bar:
-        figures = evaluate(generator, ids, max_new_tokens, lambda done, total: bar.update(done - bar.n))
-    click.echo(f"held-out prompts: {figures.prompts} of the {template_set} set (topics never seen in training)")
-    click.echo(f"top-1 agreement with the base: {figures.top1_agreement:.3f} over {figures.agreement_tokens} tokens")
-    click.echo(f"verify acceptance (greedy): {figures.verify_acceptance:.3f}")
-    click.echo(f"NLL per token under the base: standard {figures.nll_standard:.4f}, alternate "
-               f"{figures.nll_alternate:.4f} ({figures.alternate_nll_increase:+.1%})")
+    if task_set:
+        ids, groups = _task_prompts(generator, task_set, kinds, per_kind, max_new_tokens)
+    else:
+        ids = [generator.encode(text, chat=True) for text in held_out[:count]]
+        groups = [OVERALL] * len(ids)
+    with tqdm(total=len(ids), desc="eval", disable=None) as bar:
+        report = evaluate_by_group(generator, ids, groups, max_new_tokens, lambda done, total: bar.update(done - bar.n))
+    figures = report[OVERALL]
+    if task_set:
+        click.echo(f"task set {task_set}: {figures.prompts} prompts")
+        click.echo(table(report))
+    else:
+        click.echo(f"held-out prompts: {figures.prompts} of the {template_set} set (topics never seen in training)")
+        click.echo(f"top-1 agreement with the base: {figures.top1_agreement:.3f} over {figures.agreement_tokens} tokens")
+        click.echo(f"verify acceptance (greedy): {figures.verify_acceptance:.3f}")
+        click.echo(f"NLL per token under the base: standard {figures.nll_standard:.4f}, alternate "
+                   f"{figures.nll_alternate:.4f} ({figures.alternate_nll_increase:+.1%})")
     if json_path:
-        Path(json_path).write_text(json.dumps(dataclasses.asdict(figures), indent=2) + "\n")
+        record = dataclasses.asdict(figures)
+        if task_set:
+            record = {**record, "task_set": task_set, "kinds": {k: dataclasses.asdict(e) for k, e in report.items()}}
+        Path(json_path).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _check_task_set_use(task_set: str | None, kinds: str | None, per_kind: int | None, other: str | None) -> None:
+    """Raises: GenerationError for --kinds/--per-kind without --task-set, or --task-set with
+    another source of prompts."""
+    from runtime.errors import GenerationError
+
+    if task_set and other:
+        raise GenerationError(f"--task-set and {other} both choose the prompts; give one")
+    if not task_set and (kinds or per_kind is not None):
+        raise GenerationError("--kinds and --per-kind select from a task set; add --task-set NAME")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from runtime.generator import Generator
+from runtime.generator import Generator, Result
 from runtime.request import DraftOptions, Request
 from runtime.sampling import SamplingParams
 
+OVERALL = "overall"  # the group of every prompt in run_bench_by_group's report
 DEFAULT_PROMPTS = (
     "What is the capital of France? Tell me about the city.",
     "Write a short story about a robot who learns to paint.",
@@ -39,15 +40,11 @@ class StrategyFigures:
     speedup: float | None = None  # over standard, when standard ran
 
 
-def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[str, ...],
-              max_new_tokens: int, repeats: int, warmup: int = 1,
-              progress: Callable[[str], None] = lambda message: None,
-              drafts: DraftOptions = DraftOptions(), min_confidence: float = 0.0) -> list[StrategyFigures]:
-    """Greedy decoding with stop tokens off, so that every strategy generates the same
-    number of tokens per prompt. Raises: GenerationError for a bad prompt."""
-    speeds: dict[str, list[float]] = {s: [] for s in strategies}
-    prefill: dict[str, list[float]] = {s: [] for s in strategies}
-    last = {}
+def _measure(generator: Generator, prompts: list[list[int]], strategies: tuple[str, ...],
+             max_new_tokens: int, repeats: int, warmup: int, progress: Callable[[str], None],
+             drafts: DraftOptions, min_confidence: float) -> dict[str, list[list[Result]]]:
+    """Each strategy's results per measured repeat, one per prompt."""
+    runs: dict[str, list[list[Result]]] = {s: [] for s in strategies}
     for round_ in range(warmup + repeats):
         label = "warm-up" if round_ < warmup else f"repeat {round_ - warmup + 1}/{repeats}"
         for strategy in strategies:
@@ -55,22 +52,26 @@ def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[
             request = Request(strategy, SamplingParams(), max_new_tokens, stop_token_ids=(), drafts=drafts,
                               min_confidence=min_confidence)
             results = [generator.generate(p, request) for p in prompts]
-            if round_ < warmup:
-                continue
-            decoded = sum(r.stats.generated_tokens - 1 for r in results)
-            seconds = sum(r.stats.decode_seconds for r in results)
-            speeds[strategy].append(decoded / seconds)
-            prefill[strategy].append(sum(r.stats.prompt_tokens for r in results)
-                                     / sum(r.stats.prefill_seconds for r in results))
-            last[strategy] = results
+            if round_ >= warmup:
+                runs[strategy].append(results)
+    return runs
+
+
+def _figures(runs: dict[str, list[list[Result]]], rows: list[int]) -> list[StrategyFigures]:
+    """Figures of the prompts at `rows`: decode speed per repeat summed over those prompts."""
     figures = []
-    for strategy in strategies:
-        stats = [r.stats for r in last[strategy]]
+    for strategy, repeats in runs.items():
+        speeds, prefill = [], []
+        for results in repeats:
+            stats = [results[i].stats for i in rows]
+            speeds.append(sum(s.generated_tokens - 1 for s in stats) / sum(s.decode_seconds for s in stats))
+            prefill.append(sum(s.prompt_tokens for s in stats) / sum(s.prefill_seconds for s in stats))
+        stats = [repeats[-1][i].stats for i in rows]
         proposed = sum(s.drafts_proposed for s in stats)
         figures.append(StrategyFigures(
-            strategy, statistics.median(speeds[strategy]), (min(speeds[strategy]), max(speeds[strategy])),
-            statistics.median(prefill[strategy]), sum(s.generated_tokens for s in stats),
-            sum(s.base_calls for s in stats), sum(s.module_calls for s in stats),
+            strategy, statistics.median(speeds), (min(speeds), max(speeds)), statistics.median(prefill),
+            sum(s.generated_tokens for s in stats), sum(s.base_calls for s in stats),
+            sum(s.module_calls for s in stats),
             sum(s.drafts_accepted for s in stats) / proposed if proposed else None,
             sum(s.generated_tokens - s.batch for s in stats) / max(sum(s.base_calls - 1 for s in stats), 1)))
     baseline = next((f for f in figures if f.strategy == "standard"), None)
@@ -78,6 +79,34 @@ def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[
         if baseline is not None:
             f.speedup = f.decode_tokens_per_s / baseline.decode_tokens_per_s
     return figures
+
+
+def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[str, ...],
+              max_new_tokens: int, repeats: int, warmup: int = 1,
+              progress: Callable[[str], None] = lambda message: None,
+              drafts: DraftOptions = DraftOptions(), min_confidence: float = 0.0) -> list[StrategyFigures]:
+    """Greedy decoding with stop tokens off, so that every strategy generates the same
+    number of tokens per prompt; drafts and min_confidence as in runtime.request.Request.
+    Raises: GenerationError for a bad prompt."""
+    runs = _measure(generator, prompts, strategies, max_new_tokens, repeats, warmup, progress, drafts,
+                    min_confidence)
+    return _figures(runs, list(range(len(prompts))))
+
+
+def run_bench_by_group(generator: Generator, prompts: list[list[int]], groups: list[str],
+                       strategies: tuple[str, ...], max_new_tokens: int, repeats: int, warmup: int = 1,
+                       progress: Callable[[str], None] = lambda message: None,
+                       drafts: DraftOptions = DraftOptions(),
+                       min_confidence: float = 0.0) -> dict[str, list[StrategyFigures]]:
+    """run_bench once over all prompts, reported for each group (a label per prompt, e.g.
+    a task kind; in first-seen order) and "overall"; each group's speedup is against its
+    own standard. Raises: GenerationError for a bad prompt."""
+    assert len(groups) == len(prompts)
+    runs = _measure(generator, prompts, strategies, max_new_tokens, repeats, warmup, progress, drafts,
+                    min_confidence)
+    report = {g: _figures(runs, [i for i, label in enumerate(groups) if label == g]) for g in dict.fromkeys(groups)}
+    report[OVERALL] = _figures(runs, list(range(len(prompts))))
+    return report
 
 
 def table(figures: list[StrategyFigures]) -> str:
@@ -89,14 +118,36 @@ def table(figures: list[StrategyFigures]) -> str:
                      "-" if f.acceptance is None else f"{f.acceptance:.2f}",
                      "-" if f.tokens_per_base_call is None else f"{f.tokens_per_base_call:.2f}",
                      "-" if f.speedup is None else f"{f.speedup:.2f}x"))
+    return text_table(rows)
+
+
+def group_table(report: dict[str, list[StrategyFigures]], prompts: dict[str, int]) -> str:
+    """One row per group and strategy: the per-kind view of run_bench_by_group."""
+    rows = [("kind", "prompts", "strategy", "decode tok/s", "spread (min-max)", "tokens", "acceptance", "speedup")]
+    for group, figures in report.items():
+        for f in figures:
+            rows.append((group, str(prompts[group]), f.strategy, f"{f.decode_tokens_per_s:.1f}",
+                         f"{f.spread[0]:.1f}-{f.spread[1]:.1f}", str(f.tokens),
+                         "-" if f.acceptance is None else f"{f.acceptance:.2f}",
+                         "-" if f.speedup is None else f"{f.speedup:.2f}x"))
+    return text_table(rows)
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells as aligned columns, a rule under the first (the header)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def write_json(figures: list[StrategyFigures], path: Path, context: dict) -> None:
-    Path(path).write_text(json.dumps({**context, "strategies": [asdict(f) for f in figures]}, indent=2) + "\n")
+def write_json(figures: list[StrategyFigures], path: Path, context: dict,
+               groups: dict[str, list[StrategyFigures]] | None = None) -> None:
+    """The figures with `context`; `groups` adds the figures of each group (task kind)."""
+    record = {**context, "strategies": [asdict(f) for f in figures]}
+    if groups:
+        record["kinds"] = {g: [asdict(f) for f in fs] for g, fs in groups.items()}
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def write_chart(figures: list[StrategyFigures], path: Path, title: str) -> None:

@@ -33,6 +33,12 @@ class GenerationError(RecycleExportError):
     maximum sequence length, token ids outside the vocabulary, unknown strategy."""
 
 
+class TaskSetError(GenerationError):
+    """Raised when a task set of benchmark prompts cannot be used: an unknown name, a missing
+    file, a line that is not a valid task (the message names the file, line and field), or a
+    --kinds / --per-kind selection that leaves nothing to run."""
+
+
 class ArtifactError(RecycleExportError):
     """Raised when exported artifacts are missing, incomplete, changed since export, or
     written by an incompatible version; the message says what to re-run."""

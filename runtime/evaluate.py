@@ -9,15 +9,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Callable
 
 import numpy as np
 
 from runtime import contract as C
+from runtime.bench import text_table
 from runtime.generator import Generator
 from runtime.request import STRATEGIES, Request
 from runtime.kv import BASE, MODULE
+
+OVERALL = "overall"  # the group of every prompt in evaluate_by_group's report
 
 
 @dataclass
@@ -67,35 +70,79 @@ def nll_per_token(gen: Generator, prompt: list[int], answer: list[int]) -> tuple
     return _answer_nll(base_logits, len(prompt), answer), len(answer)
 
 
+@dataclass
+class _Counts:
+    """One prompt's sums, added up over a group of prompts."""
+    agree: int = 0
+    agree_total: int = 0
+    proposed: int = 0
+    accepted: int = 0
+    nll_standard: float = 0.0
+    tokens_standard: int = 0
+    nll_alternate: float = 0.0
+    tokens_alternate: int = 0
+
+    def __add__(self, other: "_Counts") -> "_Counts":
+        return _Counts(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+    def evaluation(self, prompts: int) -> Evaluation:
+        nll_std = self.nll_standard / max(self.tokens_standard, 1)
+        nll_alt = self.nll_alternate / max(self.tokens_alternate, 1)
+        return Evaluation(prompts, self.agree / max(self.agree_total, 1), self.agree_total,
+                          self.accepted / max(self.proposed, 1), nll_std, nll_alt,
+                          (nll_alt - nll_std) / nll_std if nll_std else float("nan"))
+
+
+def _count(gen: Generator, prompt: list[int], max_new_tokens: int) -> _Counts:
+    counts = _Counts()
+    answers = {}
+    for strategy in STRATEGIES:
+        result = gen.generate(prompt, Request(strategy, max_new_tokens=max_new_tokens))
+        answers[strategy] = result.tokens
+        counts.proposed += result.stats.drafts_proposed
+        counts.accepted += result.stats.drafts_accepted
+    # Agreement on the base's own answer: the module at j against the base at j; the same
+    # base logits give the standard answer's NLL.
+    standard = answers["standard"]
+    base_logits, module_logits = teacher_forced(gen.backend, gen.dims, prompt + standard)
+    span = slice(len(prompt) - 1, len(prompt) + len(standard) - 1)
+    counts.agree = int((base_logits[span].argmax(-1) == module_logits[span].argmax(-1)).sum())
+    counts.agree_total = span.stop - span.start
+    counts.nll_standard = _answer_nll(base_logits, len(prompt), standard)
+    counts.tokens_standard = len(standard)
+    if answers["alternate"]:
+        counts.nll_alternate, counts.tokens_alternate = nll_per_token(gen, prompt, answers["alternate"])
+    return counts
+
+
 def evaluate(gen: Generator, prompts: list[list[int]], max_new_tokens: int = 64,
              progress: Callable[[int, int], None] = lambda done, total: None) -> Evaluation:
     """Raises: GenerationError for a prompt the Generator refuses."""
-    agree = agree_total = 0
-    proposed = accepted = 0
-    nll = {"standard": [0.0, 0], "alternate": [0.0, 0]}
-    for i, prompt in enumerate(prompts):
-        answers = {}
-        for strategy in STRATEGIES:
-            result = gen.generate(prompt, Request(strategy, max_new_tokens=max_new_tokens))
-            answers[strategy] = result.tokens
-            proposed += result.stats.drafts_proposed
-            accepted += result.stats.drafts_accepted
-        # Agreement on the base's own answer: the module at j against the base at j; the
-        # same base logits give the standard answer's NLL.
-        standard = answers["standard"]
-        base_logits, module_logits = teacher_forced(gen.backend, gen.dims, prompt + standard)
-        span = slice(len(prompt) - 1, len(prompt) + len(standard) - 1)
-        agree += int((base_logits[span].argmax(-1) == module_logits[span].argmax(-1)).sum())
-        agree_total += span.stop - span.start
-        nll["standard"][0] += _answer_nll(base_logits, len(prompt), standard)
-        nll["standard"][1] += len(standard)
-        if answers["alternate"]:
-            total, count = nll_per_token(gen, prompt, answers["alternate"])
-            nll["alternate"][0] += total
-            nll["alternate"][1] += count
+    return evaluate_by_group(gen, prompts, [OVERALL] * len(prompts), max_new_tokens, progress)[OVERALL]
+
+
+def evaluate_by_group(gen: Generator, prompts: list[list[int]], groups: list[str], max_new_tokens: int = 64,
+                      progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Evaluation]:
+    """The evaluation of each group of prompts (a label per prompt, e.g. a task kind; in
+    first-seen order) and of all of them, under "overall"; every figure pools its group's
+    tokens. Raises: GenerationError for a prompt the Generator refuses."""
+    assert len(groups) == len(prompts)
+    sums: dict[str, _Counts] = {g: _Counts() for g in dict.fromkeys(groups)}
+    sizes = {g: groups.count(g) for g in sums}
+    for i, (prompt, group) in enumerate(zip(prompts, groups)):
+        sums[group] = sums[group] + _count(gen, prompt, max_new_tokens)
         progress(i + 1, len(prompts))
-    nll_std = nll["standard"][0] / max(nll["standard"][1], 1)
-    nll_alt = nll["alternate"][0] / max(nll["alternate"][1], 1)
-    return Evaluation(len(prompts), agree / max(agree_total, 1), agree_total,
-                      accepted / max(proposed, 1), nll_std, nll_alt,
-                      (nll_alt - nll_std) / nll_std if nll_std else float("nan"))
+    report = {g: c.evaluation(sizes[g]) for g, c in sums.items()}
+    report[OVERALL] = sum(sums.values(), _Counts()).evaluation(len(prompts))
+    return report
+
+
+def table(report: dict[str, Evaluation]) -> str:
+    """evaluate_by_group's report, one row per group."""
+    rows = [("kind", "prompts", "top-1 agreement", "tokens", "verify acceptance", "NLL standard", "NLL alternate",
+             "alternate NLL cost")]
+    for group, e in report.items():
+        rows.append((group, str(e.prompts), f"{e.top1_agreement:.3f}", str(e.agreement_tokens),
+                     f"{e.verify_acceptance:.3f}", f"{e.nll_standard:.4f}", f"{e.nll_alternate:.4f}",
+                     f"{e.alternate_nll_increase:+.1%}"))
+    return text_table(rows)

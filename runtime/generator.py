@@ -128,6 +128,14 @@ class Generator:
             raise GenerationError(f"{self.artifacts.folder} has no tokenizer; pass token ids")
         return self.codec.encode(text, chat=chat)
 
+    def encode_messages(self, messages: list[dict]) -> list[int]:
+        """A conversation through the chat template (TextCodec.encode_messages).
+
+        Raises: GenerationError without a tokenizer or a chat template, or for no messages."""
+        if self.codec is None:
+            raise GenerationError(f"{self.artifacts.folder} has no tokenizer; pass token ids")
+        return self.codec.encode_messages(messages)
+
     def stream(self, prompt_ids: list[int], request: Request = Request()) -> Stream:
         """Start generating after `prompt_ids`; iterate the Stream for tokens as they come.
 

@@ -28,10 +28,20 @@ class TextCodec:
         if not text:
             raise GenerationError("the prompt is empty")
         if chat:
-            text = self.render_chat([{"role": "user", "content": text}])
+            return self.encode_messages([{"role": "user", "content": text}])
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def encode_messages(self, messages: list[dict]) -> list[int]:
+        """A whole conversation ({"role", "content"} turns, the last from the user) through
+        the chat template, ready for the assistant's next turn.
+
+        Raises: GenerationError for no messages or a model without a chat template."""
+        if not messages:
+            raise GenerationError("the conversation has no messages")
+        return self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False).ids
+
     def render_chat(self, messages: list[dict]) -> str:
+        """Raises: GenerationError for a model without a chat template."""
         if not self.chat_template:
             raise GenerationError("this model has no chat template; drop --chat")
         from jinja2.sandbox import ImmutableSandboxedEnvironment

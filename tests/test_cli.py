@@ -51,6 +51,62 @@ def test_eval_command_on_held_out_prompts_of_a_template_set(tiny_chat_checkpoint
     assert result.exit_code == 1 and "--prompts must be in 1..408" in result.output
 
 
+@pytest.fixture(scope="module")
+def tiny_chat_export(tiny_chat_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_chat_export") / "art"
+    export(tiny_chat_checkpoint, out, ExportOptions(max_seq_len=256))  # character tokens
+    return out
+
+
+def _task_file(path, *lengths):
+    """A task set of a multi-turn chat, a math prompt, and a translation prompt per length."""
+    tasks = [{"id": "c1", "kind": "chat", "messages": [{"role": "user", "content": "Hi there"},
+                                                        {"role": "assistant", "content": "Hello!"},
+                                                        {"role": "user", "content": "Write a poem."}]},
+             {"id": "m1", "kind": "math", "messages": [{"role": "user", "content": "What is 2 + 3?"}]}]
+    tasks += [{"id": f"t{n}", "kind": "translation", "messages": [{"role": "user", "content": "x" * n}]} for n in lengths]
+    path.write_text("".join(json.dumps({**t, "source": ["recycle-export:tests"], "licence": "Apache-2.0"}) + "\n"
+                            for t in tasks))
+    return str(path)
+
+
+def test_bench_on_a_task_set_reports_per_kind_and_skips_long_prompts(tiny_chat_export, tmp_path):
+    tasks = _task_file(tmp_path / "tasks.jsonl", 300)  # 300 characters leave no room in 256 positions
+    args = ["bench", "--artifacts", str(tiny_chat_export), "--task-set", tasks, "--max-new-tokens", "4",
+            "--repeats", "1", "--warmup", "0", "--json", str(tmp_path / "b.json"), "--chart", str(tmp_path / "b.png")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "note: skipped 1 prompt(s) longer than 252 tokens (max_seq_len 256 - 4 new tokens): t300" in result.stderr
+    rows = [line.split()[:3] for line in result.stdout.splitlines()]
+    for kind, count in (("chat", "1"), ("math", "1"), ("overall", "2")):
+        assert [[kind, count, s] for s in ("standard", "alternate", "verify")] == [r for r in rows if r[:1] == [kind]]
+    record = json.loads((tmp_path / "b.json").read_text())
+    assert record["task_set"] == tasks and record["prompts"] == 2 and list(record["kinds"]) == ["chat", "math", "overall"]
+    assert record["kinds"]["chat"][0]["tokens"] == 4
+
+    result = CliRunner().invoke(main, args + ["--kinds", "translation"])
+    assert result.exit_code == 1 and "Error: no prompt of task set" in result.output
+    result = CliRunner().invoke(main, args + ["--kinds", "math,poems"])
+    assert result.exit_code == 1 and "Error: unknown kind 'poems'" in result.output
+    result = CliRunner().invoke(main, args + ["--prompt", "hi"])
+    assert result.exit_code == 1 and "--task-set and --prompt both choose the prompts" in result.output
+
+
+def test_eval_on_a_task_set_reports_per_kind(tiny_chat_export, tmp_path):
+    tasks = _task_file(tmp_path / "tasks.jsonl", 20, 30)
+    args = ["eval", "--artifacts", str(tiny_chat_export), "--task-set", tasks, "--kinds", "math,translation",
+            "--per-kind", "1", "--max-new-tokens", "5", "--json", str(tmp_path / "e.json")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "task set" in result.output and "alternate NLL cost" in result.output
+    rows = [line.split()[:2] for line in result.stdout.splitlines()[3:]]
+    assert rows == [["translation", "1"], ["math", "1"], ["overall", "2"]]  # kinds in KINDS order
+    record = json.loads((tmp_path / "e.json").read_text())
+    assert record["prompts"] == 2 and 0 < record["kinds"]["translation"]["agreement_tokens"] <= 5
+    result = CliRunner().invoke(main, ["eval", "--artifacts", str(tiny_chat_export), "--per-kind", "1"])
+    assert result.exit_code == 1 and "add --task-set NAME" in result.output
+
+
 def test_list_targets():
     result = CliRunner().invoke(main, ["build", "--list-targets"])
     assert result.exit_code == 0
