@@ -189,6 +189,9 @@ class ReferenceDecoder:
         chained positions leave the module cache again."""
         logits, g = self._module_verified(s)
         drafts, qs, chained = [], [], 0
+        top = np.exp(logits - logits.max())
+        if top.max() / top.sum() < s.drafts.min_probability:
+            return drafts, qs
         while True:
             q = self._probs(s, logits)
             draft = draw(q, s.rng)

@@ -317,11 +317,13 @@ class Generator:
 
     def _module_chain(self, s: _State, room: int) -> tuple[list[int], list]:
         """Up to `room` drafts from the module: the first from the verified tokens, each
-        next one from the module's own (g, draft), stopping when the module's probability
-        of its next draft falls below min_probability. The chained positions leave the
-        module cache again: they are recomputed from the base's h once verified."""
+        next one from the module's own (g, draft), while the module's top probability for
+        the position reaches min_probability. The chained positions leave the module cache
+        again: they are recomputed from the base's h once verified."""
         logits, g = self._module_verified(s)
         drafts, qs, chained = [], [], 0
+        if self._confidence(logits[0]) < s.request.drafts.min_probability:
+            return drafts, qs  # not sure enough of even one draft: a plain base step is cheaper
         while True:
             draft, q = self._propose(s, logits[0])
             drafts.append(draft)

@@ -7,6 +7,9 @@ import torch
 from recycle_export.reference import ReferenceDecoder
 from runtime.errors import GenerationError
 from runtime.request import DraftOptions, Request
+
+# verify as the paper-style one-draft schedule: a module draft every step, whatever its confidence.
+ONE_MODULE_DRAFT = DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0)
 from runtime.sampling import SamplingParams, probabilities
 from tests.conftest import tiny_model
 
@@ -18,7 +21,7 @@ PROMPTS = [[5, 17, 3], [88], [41, 9, 60, 2, 33, 70, 12], [1, 1, 1, 1]]
 def test_verify_greedy_equals_standard(tiny, prompt, max_new):
     dec = ReferenceDecoder(tiny)
     standard = dec.generate(prompt, Request("standard", max_new_tokens=max_new, stop_token_ids=()))
-    verify = dec.generate(prompt, Request("verify", max_new_tokens=max_new, stop_token_ids=()))
+    verify = dec.generate(prompt, Request("verify", drafts=ONE_MODULE_DRAFT, max_new_tokens=max_new, stop_token_ids=()))
     assert verify.tokens == standard.tokens
     assert verify.finish_reason == standard.finish_reason == "max_new_tokens"
     assert len(standard.tokens) == max_new
@@ -33,7 +36,7 @@ def test_verify_greedy_exercises_accept_and_reject():
     for seed in range(6):
         prompt = list(np.random.default_rng(seed).integers(0, 8, 4))
         standard = dec.generate(prompt, Request("standard", max_new_tokens=24, stop_token_ids=()))
-        verify = dec.generate(prompt, Request("verify", max_new_tokens=24, stop_token_ids=()))
+        verify = dec.generate(prompt, Request("verify", drafts=ONE_MODULE_DRAFT, max_new_tokens=24, stop_token_ids=()))
         assert verify.tokens == standard.tokens
         proposed += verify.stats.drafts_proposed
         accepted += verify.stats.drafts_accepted
@@ -144,7 +147,8 @@ def test_verify_sampling_preserves_base_distribution():
     thirds = np.zeros(vocab)
     accepted = proposed = 0
     for seed in range(n):
-        result = dec.generate(prompt, Request("verify", SamplingParams(seed=seed, **sampling), max_new_tokens=3, stop_token_ids=()))
+        result = dec.generate(prompt, Request("verify", SamplingParams(seed=seed, **sampling), max_new_tokens=3, stop_token_ids=(),
+                                                  drafts=ONE_MODULE_DRAFT))
         pairs[result.tokens[0], result.tokens[1]] += 1
         thirds[result.tokens[2]] += 1
         accepted += result.stats.drafts_accepted
@@ -179,7 +183,7 @@ def test_chained_and_lookup_verify_sampling_preserves_base_distribution():
     counts = np.zeros((vocab,) * 3)
     stats = {"lookup": 0, "accepted": 0, "proposed": 0}
     for seed in range(2000):
-        for drafts in (DraftOptions(max_draft=3, lookup_ngram=1), DraftOptions(max_draft=3, lookup_ngram=0,
+        for drafts in (DraftOptions(max_draft=3, lookup_ngram=1), DraftOptions(max_draft=3, lookup_ngram=0, module=True,
                                                                                 min_probability=0.0)):
             result = dec.generate(prompt, Request("verify", SamplingParams(seed=seed, **sampling), max_new_tokens=3,
                                                   stop_token_ids=(), drafts=drafts))

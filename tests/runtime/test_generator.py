@@ -15,6 +15,9 @@ from runtime.errors import ArtifactError, GenerationError, SamplingError
 from runtime.drafts import lookup_draft
 from runtime.generator import Generator, Request
 from runtime.request import DraftOptions
+
+# verify as the paper-style one-draft schedule: a module draft every step, whatever its confidence.
+ONE_MODULE_DRAFT = DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0)
 from runtime.sampling import SamplingParams
 
 PROMPTS = [[5, 17, 3], [88], [41, 9, 60, 2, 33, 70, 12]]
@@ -51,7 +54,7 @@ def test_verify_equals_standard_and_accepts_some(tmp_path_factory):
     for seed in range(6):
         prompt = np.random.default_rng(seed).integers(0, 8, 4).tolist()
         standard = gen.generate(prompt, Request("standard", max_new_tokens=24, stop_token_ids=()))
-        verify = gen.generate(prompt, Request("verify", max_new_tokens=24, stop_token_ids=()))
+        verify = gen.generate(prompt, Request("verify", drafts=ONE_MODULE_DRAFT, max_new_tokens=24, stop_token_ids=()))
         assert verify.tokens == standard.tokens
         accepted += verify.stats.drafts_accepted
         proposed += verify.stats.drafts_proposed
@@ -214,9 +217,10 @@ def test_draft_vocabulary_runs_as_the_reference(tmp_path_factory):
     assert accepted > 0
 
 
-DRAFTS = [DraftOptions(max_draft=1, lookup_ngram=0),  # one module draft per step (the paper's verify)
-          DraftOptions(max_draft=3, lookup_ngram=0, min_probability=0.0),  # full module chains
+DRAFTS = [DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0),  # one module draft a step (the paper's)
+          DraftOptions(max_draft=3, lookup_ngram=0, module=True, min_probability=0.0),  # full module chains
           DraftOptions(max_draft=3, lookup_ngram=1, module=False),  # prompt lookup alone
+          DraftOptions(max_draft=3, lookup_ngram=0, module=True, min_probability=0.05),  # chains the module is sure of
           DraftOptions()]  # the defaults: lookup, else an adaptive chain
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from recycle_export.reference import ReferenceDecoder
 from runtime.generator import Generator, Request
+from runtime.request import DraftOptions
 
 pytestmark = pytest.mark.real_model
 
@@ -30,8 +31,9 @@ def test_committed_module_is_trained(smollm_artifacts, smollm_checkpoint):
     assert len(smollm_checkpoint[1].model.recycler.draft_tokens) == 8192
     generator = Generator.from_artifacts(smollm_artifacts, check_hashes=False)
     proposed = accepted = 0
+    module_drafts = DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0)  # the module's own quality
     for question in ("Explain how rainbows form.", "Write a short poem about the sea."):
         stats = generator.generate(generator.encode(question, chat=True),
-                                   Request("verify", max_new_tokens=48)).stats
+                                   Request("verify", max_new_tokens=48, drafts=module_drafts)).stats
         proposed, accepted = proposed + stats.drafts_proposed, accepted + stats.drafts_accepted
     assert accepted / proposed > 0.5
