@@ -44,9 +44,10 @@ def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None) -> None
     """Convert a GGUF file into a checkpoint (weights dequantized to float32)."""
     from tqdm import tqdm
 
-    from recycle_export.checkpoint import save_checkpoint
+    from recycle_export.checkpoint import check_output, save_checkpoint
     from recycle_export.gguf_import import import_gguf
 
+    check_output(out)  # before the import, not after it
     with tqdm(desc="dequantizing", unit="tensor", disable=None) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total

@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 from recycle_export.config import ModelConfig
 from recycle_export.model import RecycleGPT
 from runtime.artifacts import GenerationRecord
-from runtime.errors import CheckpointError, ConfigError
-from runtime.files import atomic_path, staged_folder, write_json, write_text
+from runtime.errors import ArtifactError, CheckpointError, ConfigError
+from runtime.files import atomic_path, check_output_folder, clean_stale_staging, read_record, staged_folder, write_json, write_text
 from runtime.records import Fields
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 FORMAT = "recycle-export-checkpoint"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+CONFIG = "config.json"
+# Every file a checkpoint of ours may hold (training.json: train-recycler's report).
+CHECKPOINT_FILES = frozenset({CONFIG, "base.safetensors", "recycler.safetensors", "generation.json",
+                              "tokenizer.json", "training.json"})
 
 
 @dataclass
@@ -61,22 +65,43 @@ def new_model(cfg: ModelConfig, seed: int = 0) -> RecycleGPT:
     return model.eval()
 
 
-def save_checkpoint(ckpt: Checkpoint, out: Path) -> None:
-    """Write `ckpt` to the directory `out` atomically (a temporary sibling, then a rename).
+def checkpoint_files(folder: Path) -> set[str] | None:
+    """The files a checkpoint of ours in `folder` may hold, or None when it holds none
+    (runtime.files.staged_folder's `owned`)."""
+    return set(CHECKPOINT_FILES) if _is_our_checkpoint(Path(folder)) else None
+
+
+def check_output(out: Path) -> None:
+    """Refuse early (before an import or a training run) an output folder that
+    save_checkpoint would refuse.
 
     Raises:
-        CheckpointError: `out` exists and is not an earlier checkpoint of ours.
+        CheckpointError: `out` is a file, or holds files that are not an earlier checkpoint's.
+    """
+    clean_stale_staging(Path(out), CONFIG)
+    try:
+        check_output_folder(Path(out), CONFIG, checkpoint_files)
+    except ArtifactError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def save_checkpoint(ckpt: Checkpoint, out: Path) -> None:
+    """Write `ckpt` to the directory `out` atomically: staged in a hidden sibling, then
+    renamed in; an earlier checkpoint's files are replaced and every other file in `out`
+    is left alone (runtime.files.staged_folder).
+
+    Raises:
+        CheckpointError: `out` is a file, or holds files that are not an earlier checkpoint's.
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not _is_our_checkpoint(out):
-        raise CheckpointError(f"{out} exists and holds other files; choose an empty or new directory")
+    check_output(out)
     model = ckpt.model
     config = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "recycler_trained": ckpt.recycler_trained, **model.cfg.to_dict()}
     base = {k: v.contiguous() for k, v in model.base.state_dict().items()}
     if model.cfg.tie_embeddings:
         del base["lm_head.weight"]  # the same tensor as embed_tokens.weight
-    with staged_folder(out, "config.json") as tmp:
+    with staged_folder(out, CONFIG, checkpoint_files) as tmp:
         write_json(tmp / "config.json", config)
         save_file(base, tmp / "base.safetensors")
         save_file({k: v.contiguous() for k, v in model.recycler.state_dict().items()},
@@ -87,10 +112,7 @@ def save_checkpoint(ckpt: Checkpoint, out: Path) -> None:
 
 
 def _is_our_checkpoint(path: Path) -> bool:
-    try:
-        return json.loads((path / "config.json").read_text()).get("format") == FORMAT
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
+    return read_record(path / CONFIG, FORMAT) is not None
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -25,7 +25,7 @@ from recycle_export.graphs import TORCH_DTYPES, example_inputs, graph_module
 from recycle_export.model import RecycleGPT
 from recycle_export.validate import check_passed, validate_graphs
 from runtime import contract as C
-from runtime.artifacts import MANIFEST, GraphRecord, Manifest
+from runtime.artifacts import MANIFEST, GraphRecord, Manifest, export_files
 from runtime.errors import ArtifactError
 from runtime.files import hash_files, staged_folder
 
@@ -177,7 +177,7 @@ def export(model_path: Path, out: Path, options: ExportOptions = ExportOptions()
         ValidationError: a graph disagrees with PyTorch beyond the dtype's tolerance
             (nothing is written then).
     """
-    with staged_folder(out, MANIFEST) as tmp:
+    with staged_folder(out, MANIFEST, export_files) as tmp:
         progress("loading checkpoint")
         ckpt = load_checkpoint(model_path)
         cfg = ckpt.config

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from recycle_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from recycle_export.checkpoint import Checkpoint, check_output, load_checkpoint, save_checkpoint
 from recycle_export.distill_data import Sequence, generate_sequences, load_sequences, save_sequences
 from runtime.prompts import TEMPLATE_SETS, prompts
 from recycle_export.model import RecycleGPT
@@ -269,8 +269,10 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
 
     Raises:
         CheckpointError, ConfigError: the checkpoint does not load, has no tokenizer or chat
-            template, or the work folder belongs to other options.
+            template, the work folder belongs to other options, or `out` holds files that
+            are not an earlier checkpoint's (refused before any work).
     """
+    check_output(Path(out))
     if options.threads:
         torch.set_num_threads(options.threads)
     started = time.perf_counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runtime import contract as C
 from runtime.errors import ArtifactError
-from runtime.files import sha256, write_json
+from runtime.files import listed_files, read_record, sha256, write_json
 from runtime.records import Fields
 
 FORMAT = "recycle-export-artifacts"
@@ -144,6 +144,13 @@ class Manifest:
                    warnings=tuple(warnings), source=dict(f.sub("source").data),
                    versions=dict(f.sub("versions").data), validation=dict(validation.data),
                    files=f.hashes("files"))
+
+
+def export_files(folder: Path) -> set[str] | None:
+    """The files an earlier export in `folder` wrote (its manifest and the files it lists),
+    or None when `folder` holds no export of ours (runtime.files.staged_folder's `owned`)."""
+    listed = listed_files(read_record(Path(folder) / MANIFEST, FORMAT))
+    return None if listed is None else listed | {MANIFEST}
 
 
 def read_manifest(folder: Path, check_hashes: bool = True) -> Manifest:

@@ -17,12 +17,14 @@ from pathlib import Path
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.errors import ArtifactError
-from runtime.files import sha256, write_json
+from runtime.files import listed_files, read_record, sha256, write_json
 from runtime.records import Fields
 
 ENGINE_FORMAT = "recycle-export-engine"
 ENGINE_FORMAT_VERSION = 1
 ENGINE_JSON = "engine.json"
+# Written by onnxruntime's TensorRT provider inside an ort-tensorrt engine folder at run time.
+TRT_CACHE = "trt_cache"
 BACKENDS = ("onnxruntime", "tensorrt")
 
 
@@ -32,6 +34,13 @@ def engine_dir(artifacts_folder: Path, target: str) -> Path:
 
 def rebuild_hint(artifacts_folder: Path, target: str) -> str:
     return f"re-run `cli.py build --artifacts {artifacts_folder} --target {target}`"
+
+
+def engine_files(folder: Path) -> set[str] | None:
+    """The files an earlier build in `folder` wrote (engine.json, the files it lists, the
+    provider's cache), or None when `folder` holds no engine of ours."""
+    listed = listed_files(read_record(Path(folder) / ENGINE_JSON, ENGINE_FORMAT))
+    return None if listed is None else listed | {ENGINE_JSON, TRT_CACHE}
 
 
 @dataclass(frozen=True)
