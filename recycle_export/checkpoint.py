@@ -13,7 +13,6 @@ module is attached, with a warning. Pickled weights are never unpickled.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,9 @@ from recycle_export.config import ModelConfig
 from recycle_export.model import RecycleGPT
 from runtime.artifacts import GenerationRecord
 from runtime.errors import ArtifactError, CheckpointError, ConfigError
-from runtime.files import atomic_path, check_output_folder, clean_stale_staging, read_record, staged_folder, write_json, write_text
+from runtime.files import (atomic_path, check_output_folder, clean_stale_staging, read_json, read_record,
+                           read_text, staged_folder, write_json, write_text)
+from runtime.tokenizer import TextCodec, compile_chat_template
 from runtime.records import Fields
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,7 @@ def _pickle_message(path: Path) -> str:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: {what} is not valid JSON ({exc})") from None
+    data = read_json(path, ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -162,21 +160,87 @@ def _read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str,
-            optional: set[str] = frozenset()) -> None:
-    """Copy `tensors` into `module`, refusing anything missing, unexpected or mis-shaped."""
+def _expected(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     expected = dict(module.state_dict())
     if getattr(module, "lm_head", None) is not None and module.lm_head.weight is module.embed_tokens.weight:
         expected.pop("lm_head.weight")
-    missing = sorted(set(expected) - set(tensors) - optional)
+    return expected
+
+
+def check_shapes(expected: dict[str, tuple], found: dict[str, tuple], source: str,
+                 optional: set[str] = frozenset()) -> None:
+    """Refuse tensors `found` (name -> shape) that do not match `expected`: one missing,
+    unexpected or of another shape.
+
+    Raises:
+        CheckpointError: naming the first such tensor.
+    """
+    missing = sorted(set(expected) - set(found) - optional)
     if missing:
         raise CheckpointError(f"{source}: missing tensor {missing[0]!r} (expected shape "
-                              f"{tuple(expected[missing[0]].shape)})"
+                              f"{tuple(expected[missing[0]])})"
                               + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    unexpected = sorted(set(tensors) - set(expected))
+    unexpected = sorted(set(found) - set(expected))
     if unexpected:
         raise CheckpointError(f"{source}: unexpected tensor {unexpected[0]!r} with shape "
-                              f"{tuple(tensors[unexpected[0]].shape)}, not part of the model")
+                              f"{tuple(found[unexpected[0]])}, not part of the model")
+    for name, shape in expected.items():
+        if name in found and tuple(found[name]) != tuple(shape):
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(found[name])}, "
+                                  f"expected {tuple(shape)}")
+
+
+def layer_count(names, prefix: str = "layers.") -> int:
+    """1 + the highest layer index among tensor names `prefix{i}.…` (0 when none)."""
+    indices = [int(part) for name in names if name.startswith(prefix)
+               for part in [name[len(prefix):].split(".", 1)[0]] if part.isdigit()]
+    return max(indices) + 1 if indices else 0
+
+
+def check_sizes(cfg: ModelConfig, base: dict[str, tuple], recycler: dict[str, tuple] | None,
+                source: str) -> None:
+    """Check a config against the tensors a checkpoint holds (name -> shape, read from the
+    files' headers) before the model is allocated: a vocab_size or n_layers typed wrong
+    must not cost terabytes first.
+
+    Raises:
+        CheckpointError: the layer counts differ, or a tensor is missing, unexpected or of
+            another shape than the config implies.
+    """
+    for what, found, key, count in (("base", base, "n_layers", cfg.n_layers),
+                                    ("recycler", recycler, "recycle_layers", cfg.recycle_layers)):
+        if found is not None and layer_count(found) != count:
+            raise CheckpointError(f"{source}: config field {key!r} is {count}, but the {what} weights hold "
+                                  f"{layer_count(found)} layers")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        meta = RecycleGPT(cfg)
+    check_shapes({k: v.shape for k, v in _expected(meta.base).items()}, base, source)
+    if recycler is not None:
+        module = {k: v for k, v in recycler.items() if k != "draft_tokens"}  # checked when set
+        check_shapes({k: v.shape for k, v in _expected(meta.recycler).items()}, module, source)
+
+
+def _header_shapes(files: list[Path]) -> dict[str, tuple]:
+    """name -> shape of every tensor in safetensors files, from their headers alone."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple] = {}
+    for file in files:
+        try:
+            with safe_open(file, "pt") as f:
+                for name in f.keys():
+                    shapes[name] = tuple(f.get_slice(name).get_shape())
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{file}: cannot read safetensors file, truncated or corrupt ({exc})") from None
+    return shapes
+
+
+def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str,
+            optional: set[str] = frozenset()) -> None:
+    """Copy `tensors` into `module`, refusing anything missing, unexpected or mis-shaped."""
+    expected = _expected(module)
+    check_shapes({k: v.shape for k, v in expected.items()}, {k: v.shape for k, v in tensors.items()},
+                 source, optional)
     for name, target in expected.items():
         if name not in tensors:
             continue
@@ -184,9 +248,6 @@ def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], so
         if not value.is_floating_point():
             raise CheckpointError(f"{source}: tensor {name!r} has dtype {value.dtype}, "
                                   "expected a floating-point dtype")
-        if value.shape != target.shape:
-            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(value.shape)}, "
-                                  f"expected {tuple(target.shape)}")
         with torch.no_grad():
             target.copy_(value.to(target.dtype))
 
@@ -199,19 +260,24 @@ def _load_ours(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint format version {version!r}, this toolkit reads "
                               f"version {FORMAT_VERSION}; re-create it with this version")
     trained = raw.pop("recycler_trained", False)
+    if not isinstance(trained, bool):
+        raise ConfigError(f"{path / CONFIG}: config field 'recycler_trained' must be true or false, got {trained!r}")
     cfg = ModelConfig.from_dict(raw, source=str(path / "config.json"))
-    model = RecycleGPT(cfg).eval()
-    for part, module in (("base", model.base), ("recycler", model.recycler)):
-        file = path / f"{part}.safetensors"
+    files = {part: path / f"{part}.safetensors" for part in ("base", "recycler")}
+    for file in files.values():
         if not file.is_file():
             raise CheckpointError(f"{path}: missing {file.name}")
+    check_sizes(cfg, _header_shapes([files["base"]]), _header_shapes([files["recycler"]]), str(path))
+    model = RecycleGPT(cfg).eval()
+    for part, module in (("base", model.base), ("recycler", model.recycler)):
+        file = files[part]
         (_assign_recycler if part == "recycler" else assign_tensors)(module, _read_tensors([file]), str(file))
     generation = GenerationRecord()
     if (path / "generation.json").is_file():
         generation = GenerationRecord.from_json(Fields(_read_json(path / "generation.json", "generation.json"),
                                                        str(path / "generation.json"), "fix or remove the file",
                                                        error=CheckpointError))
-    tokenizer = (path / "tokenizer.json").read_text() if (path / "tokenizer.json").is_file() else None
+    tokenizer = _read_tokenizer(path, cfg, generation)
     if not trained:
         log.warning("the recyclable module of %s was never trained: alternate will produce poor "
                     "text and verify will accept few drafts", path)
@@ -293,6 +359,9 @@ def _load_hf(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no *.safetensors weights found")
     hf = _read_json(path / "config.json", "config.json")
     cfg = config_from_hf(hf, str(path / "config.json"))
+    shapes = {name.removeprefix("model."): shape for name, shape in _header_shapes(files).items()
+              if not name.endswith("rotary_emb.inv_freq")}
+    check_sizes(cfg, shapes, None, str(path))
     model = RecycleGPT(cfg).eval()
     tensors = {}
     for name, value in _read_tensors(files).items():
@@ -310,5 +379,17 @@ def _load_hf(path: Path) -> Checkpoint:
     if (path / "tokenizer_config.json").is_file():
         template = _read_json(path / "tokenizer_config.json", "tokenizer_config.json").get("chat_template")
     generation = GenerationRecord(hf.get("bos_token_id"), eos_ids, hf.get("pad_token_id"), template)
-    tokenizer = (path / "tokenizer.json").read_text() if (path / "tokenizer.json").is_file() else None
+    tokenizer = _read_tokenizer(path, cfg, generation)
     return Checkpoint(model, False, generation, tokenizer)
+
+
+def _read_tokenizer(path: Path, cfg: ModelConfig, generation: GenerationRecord) -> str | None:
+    """tokenizer.json's text (None without one), parsed once and the chat template compiled,
+    so that a corrupt file is refused when the checkpoint loads, not by a later command."""
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        compile_chat_template(generation.chat_template, str(path), CheckpointError)
+        return None
+    text = read_text(file, CheckpointError)
+    TextCodec.from_json(text, generation.chat_template, str(path), cfg.vocab_size, CheckpointError)
+    return text

@@ -28,6 +28,7 @@ from runtime import contract as C
 from runtime.artifacts import MANIFEST, GraphRecord, Manifest, export_files
 from runtime.errors import ArtifactError
 from runtime.files import hash_files, staged_folder
+from runtime.limits import check_decode_memory
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,9 @@ def export(model_path: Path, out: Path, options: ExportOptions = ExportOptions()
 
     Raises:
         CheckpointError, ConfigError: the checkpoint does not load.
-        ArtifactError: bad options, or `out` holds unrelated files.
+        ArtifactError: bad options, or `out` holds files that are not an earlier export's.
+        ConfigError: max_seq_len needs more memory for one sequence's KV cache than this
+            machine has (checked before tracing).
         ValidationError: a graph disagrees with PyTorch beyond the dtype's tolerance
             (nothing is written then).
     """
@@ -186,6 +189,7 @@ def export(model_path: Path, out: Path, options: ExportOptions = ExportOptions()
         reference = ckpt.model  # float32, the oracle for every dtype
         model = reference if options.dtype == "float32" else copy.deepcopy(reference).to(TORCH_DTYPES[options.dtype])
         dims = C.Dims.from_config(cfg.to_dict(), options.dtype)
+        check_decode_memory(dims, cfg.max_seq_len, "lower --max-seq-len")
         for name, spec in C.graphs(dims).items():
             progress(f"tracing {name}")
             trace_graph(model, spec, tmp / f"{name}.onnx", options.opset, options.external_data_bytes)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import contract as C
-from runtime.errors import ArtifactError
-from runtime.files import listed_files, read_record, sha256, write_json
+from runtime.errors import ArtifactError, GenerationError
+from runtime.files import listed_files, read_json, read_record, read_text, sha256, write_json
 from runtime.records import Fields
 
 FORMAT = "recycle-export-artifacts"
@@ -166,10 +166,7 @@ def read_manifest(folder: Path, check_hashes: bool = True) -> Manifest:
     if not path.is_file():
         raise ArtifactError(f"{folder} has no {MANIFEST}: not an export folder; "
                             f"run `cli.py export --model CKPT --out {folder}`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc}); re-run `cli.py export`") from None
+    data = read_json(path, ArtifactError, "re-run `cli.py export`")
     manifest = Manifest.from_json(data, str(path))
     if check_hashes:
         for file, digest in manifest.files.items():
@@ -216,9 +213,14 @@ class Artifacts:
     def codec(self):
         """The TextCodec for this export's tokenizer and chat template.
 
-        Raises: GenerationError when the export has no tokenizer."""
+        Raises:
+            GenerationError: the export has no tokenizer.
+            ArtifactError: its tokenizer.json is unreadable or has more tokens than the
+                vocabulary, or its chat template has a syntax error.
+        """
         from runtime.tokenizer import TextCodec
 
         tokenizer = self.manifest.tokenizer
-        text = (self.folder / tokenizer).read_text() if tokenizer else None
-        return TextCodec.from_json(text, self.manifest.generation.chat_template, str(self.folder))
+        text = read_text(self.folder / tokenizer, ArtifactError, "re-run `cli.py export`") if tokenizer else None
+        return TextCodec.from_json(text, self.manifest.generation.chat_template, str(self.folder),
+                                   self.dims.vocab_size, ArtifactError if tokenizer else GenerationError)

@@ -10,14 +10,13 @@ refused with what to re-run.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.errors import ArtifactError
-from runtime.files import listed_files, read_record, sha256, write_json
+from runtime.files import listed_files, read_json, read_record, sha256, write_json
 from runtime.records import Fields
 
 ENGINE_FORMAT = "recycle-export-engine"
@@ -135,10 +134,7 @@ class EngineInfo:
         rebuild = rebuild_hint(artifacts.folder, target)
         if not path.is_file():
             raise ArtifactError(f"no engine for target {target!r} in {artifacts.folder}; {rebuild}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{path} is not valid JSON ({exc}); {rebuild}") from None
+        data = read_json(path, ArtifactError, rebuild)
         record = EngineRecord.from_json(data, str(path), rebuild)
         for file, digest in record.source.items():
             if artifacts.manifest.files.get(file) != digest:

@@ -33,6 +33,30 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_text(path: Path, error: type = ArtifactError, fix: str = "") -> str:
+    """A file's text, which must be UTF-8.
+
+    Raises: `error` when the file cannot be read or is not UTF-8 (`fix` appended)."""
+    suffix = f"; {fix}" if fix else ""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not UTF-8 text (byte {exc.start}){suffix}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror}){suffix}") from None
+
+
+def read_json(path: Path, error: type = ArtifactError, fix: str = ""):
+    """A JSON file's value (any JSON type: the caller's record reader checks it).
+
+    Raises: `error` when the file cannot be read, is not UTF-8 or not JSON (`fix` appended)."""
+    text = read_text(path, error, fix)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise error(f"{path} is not valid JSON ({exc}){'; ' + fix if fix else ''}") from None
+
+
 def read_record(path: Path, format_: str) -> dict | None:
     """A record file's JSON object when its "format" is `format_`, else None (unreadable,
     not JSON, another format). For deciding whether a folder is one of ours, never raises."""
