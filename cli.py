@@ -252,13 +252,16 @@ def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temp
         raise click.UsageError("give exactly one of --artifacts DIR (runtime) or --model CKPT (reference)")
     sampling = SamplingParams(temperature, top_k, top_p, seed)
     if model_path is not None:
+        if stop_strings or stream or engine or threads is not None:
+            raise click.UsageError("--stop, --stream, --engine and --threads apply to the runtime (--artifacts) only")
         _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_tokens)
         return
     from runtime.generator import Generator, Request
 
+    request = Request(strategy, sampling, max_new_tokens, stop_strings=tuple(stop_strings))
     generator = Generator.from_artifacts(artifacts, engine, threads)
     ids = generator.encode(prompt, chat=chat)
-    run = generator.stream(ids, Request(strategy, sampling, max_new_tokens, stop_strings=tuple(stop_strings)))
+    run = generator.stream(ids, request)
     if stream:
         shown = ""
         tokens = []
@@ -275,8 +278,9 @@ def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temp
         click.echo(result.text)
     st = result.stats
     acceptance = "" if st.acceptance is None else f", drafts accepted {st.drafts_accepted}/{st.drafts_proposed}"
+    decode = "-" if st.decode_tokens_per_s is None else f"{st.decode_tokens_per_s:.1f}"
     click.echo(f"[{strategy}] {st.generated_tokens} tokens, finish: {result.finish_reason}, "
-               f"prefill {st.prefill_tokens_per_s:.0f} tok/s, decode {st.decode_tokens_per_s:.1f} tok/s, "
+               f"prefill {st.prefill_tokens_per_s:.0f} tok/s, decode {decode} tok/s, "
                f"base calls {st.base_calls}, module calls {st.module_calls}{acceptance}", err=True)
 
 
@@ -327,6 +331,12 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
                               f"expected some of {', '.join(STRATEGIES)}")
     if repeats < 1:
         raise GenerationError(f"--repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise GenerationError(f"--warmup must be >= 0, got {warmup}")
+    if max_new_tokens < 2:
+        raise GenerationError(f"--max-new-tokens must be >= 2 to time decoding, got {max_new_tokens}")
+    _check_output_file(json_path, "--json")
+    _check_output_file(chart_path, "--chart")
     from runtime.generator import Generator
 
     generator = Generator.from_artifacts(artifacts, engine, threads)
@@ -344,9 +354,27 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
                "cores": os.cpu_count(), "threads": threads, "prompts": len(ids),
                "max_new_tokens": max_new_tokens, "repeats": repeats, "warmup": warmup}
     write_json(figures, json_path, context)
+    try:
+        import matplotlib  # noqa: F401  (the `bench` extra)
+    except ImportError:
+        click.echo(f"wrote {json_path}; no chart: matplotlib is not installed (pip install 'recycle-export[bench]')")
+        return
     write_chart(figures, chart_path, f"{Path(artifacts).name} ({engine or manifest.dtype + ' graphs'}, "
                                      f"{context['cores']} cores): {max_new_tokens} new tokens x {len(ids)} prompts")
     click.echo(f"wrote {json_path} and {chart_path}")
+
+
+def _check_output_file(path: str | None, option: str) -> None:
+    """Refuse, before a long run, an output file whose folder does not exist.
+
+    Raises: GenerationError naming the option and the folder."""
+    from runtime.errors import GenerationError
+
+    if path is None:
+        return
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise GenerationError(f"{option} {path}: folder {parent} does not exist; create it first")
 
 
 @main.command("eval")
@@ -368,11 +396,15 @@ def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, js
     from runtime.errors import GenerationError
     from runtime.evaluate import evaluate
     from runtime.generator import Generator
+    from runtime.files import write_text
     from runtime.prompts import prompts
 
     held_out = prompts("heldout", template_set)
     if not 1 <= count <= len(held_out):
         raise GenerationError(f"--prompts must be in 1..{len(held_out)}, got {count}")
+    if max_new_tokens < 1:
+        raise GenerationError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    _check_output_file(json_path, "--json")
     generator = Generator.from_artifacts(artifacts, engine, threads)
     ids = [generator.encode(text, chat=True) for text in held_out[:count]]
     with tqdm(total=count, desc="eval", disable=None) as bar:
@@ -383,7 +415,7 @@ def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, js
     click.echo(f"NLL per token under the base: standard {figures.nll_standard:.4f}, alternate "
                f"{figures.nll_alternate:.4f} ({figures.alternate_nll_increase:+.1%})")
     if json_path:
-        Path(json_path).write_text(json.dumps(dataclasses.asdict(figures), indent=2) + "\n")
+        write_text(Path(json_path), json.dumps(dataclasses.asdict(figures), indent=2) + "\n")
 
 
 if __name__ == "__main__":

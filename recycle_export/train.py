@@ -37,6 +37,7 @@ from runtime.prompts import TEMPLATE_SETS, prompts
 from recycle_export.model import RecycleGPT
 from runtime.errors import CheckpointError, ConfigError
 from runtime.files import atomic_path, write_json
+from runtime.request import check_threads
 from runtime.tokenizer import TextCodec
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class TrainOptions:
             raise ConfigError(f"init must be 'base-layer' or 'checkpoint', got {self.init!r}")
         if self.draft_vocab < 0:
             raise ConfigError(f"draft_vocab must be >= 0 (0: the whole vocabulary), got {self.draft_vocab}")
+        check_threads(self.threads)
         if self.generation_dtype not in GENERATION_DTYPES:
             raise ConfigError(f"generation_dtype must be one of {sorted(GENERATION_DTYPES)}, got {self.generation_dtype!r}")
 

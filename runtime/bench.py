@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from runtime.files import write_text
 from runtime.generator import Generator, Request
 from runtime.sampling import SamplingParams
 
@@ -90,7 +91,7 @@ def table(figures: list[StrategyFigures]) -> str:
 
 
 def write_json(figures: list[StrategyFigures], path: Path, context: dict) -> None:
-    Path(path).write_text(json.dumps({**context, "strategies": [asdict(f) for f in figures]}, indent=2) + "\n")
+    write_text(Path(path), json.dumps({**context, "strategies": [asdict(f) for f in figures]}, indent=2) + "\n")
 
 
 def write_chart(figures: list[StrategyFigures], path: Path, title: str) -> None:
