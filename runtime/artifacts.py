@@ -137,13 +137,21 @@ class Manifest:
         if not all(isinstance(w, str) for w in warnings):
             f.fail("warnings", "must be a list of strings")
         tokenizer = f.file_name("tokenizer") if f.data.get("tokenizer") is not None else None
+        files = f.hashes("files")
+        for file in [g.file for g in graphs.values()] + ([tokenizer] if tokenizer else []):
+            if file not in files:
+                f.fail("files", f"does not list {file}: every file's hash is checked")
+        validated = validation.hashes("sha256", optional=True) or {}
+        for file, digest in validated.items():
+            if files.get(file) != digest:
+                f.fail("files", f"gives {file} another sha256 than the one its validation measured")
         return cls(config=dict(config.data), dtype=f.choice("dtype", C.FLOAT_DTYPES), opset=f.int("opset", 1),
                    kv=dict(kv.data), graphs=graphs, tokenizer=tokenizer,
                    generation=GenerationRecord.from_json(f.sub("generation")),
                    recycler_trained=f.get("recycler_trained", bool), draft_vocab=draft_vocab,
                    warnings=tuple(warnings), source=dict(f.sub("source").data),
                    versions=dict(f.sub("versions").data), validation=dict(validation.data),
-                   files=f.hashes("files"))
+                   files=files)
 
 
 def export_files(folder: Path) -> set[str] | None:
@@ -168,6 +176,10 @@ def read_manifest(folder: Path, check_hashes: bool = True) -> Manifest:
                             f"run `cli.py export --model CKPT --out {folder}`")
     data = read_json(path, ArtifactError, "re-run `cli.py export`")
     manifest = Manifest.from_json(data, str(path))
+    for graph in manifest.graphs.values():
+        data = f"{graph.file}.data"
+        if (folder / data).exists() and data not in manifest.files:
+            raise ArtifactError(f"{folder / data} is not listed in {MANIFEST}'s files; re-run `cli.py export`")
     if check_hashes:
         for file, digest in manifest.files.items():
             target = folder / file

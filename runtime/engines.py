@@ -97,9 +97,13 @@ class EngineRecord:
         profiles = f.sub("profiles", optional=True)
         accuracy = f.sub("accuracy", optional=True)
         kv_contract = f.choice("kv_contract", C.KV_CONTRACTS)
+        files = f.hashes("files")
+        for file in graphs.data.values():
+            if file not in files:
+                f.fail("files", f"does not list {file}: every file's hash is checked")
         return cls(f.get("target", str), f.get("precision", str), backend, f.get("backend_version", str),
                    dict(device.data), dict(graphs.data), None if profiles is None else dict(profiles.data),
-                   f.hashes("source"), f.hashes("files"), None if session is None else dict(session.data),
+                   f.hashes("source"), files, None if session is None else dict(session.data),
                    None if accuracy is None else dict(accuracy.data), f.get("timing_cache", str, optional=True),
                    kv_contract)
 
@@ -129,6 +133,8 @@ class EngineInfo:
                 graphs changed since the build, or engine files changed; the message says
                 what to re-run.
         """
+        if not isinstance(target, str) or not target or Path(target).name != target or target in (".", ".."):
+            raise ArtifactError(f"engine name {target!r} must name a folder under {artifacts.folder / 'engines'}")
         folder = engine_dir(artifacts.folder, target)
         path = folder / ENGINE_JSON
         rebuild = rebuild_hint(artifacts.folder, target)
