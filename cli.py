@@ -37,7 +37,7 @@ def main(verbose: bool) -> None:
 @main.command("import-gguf")
 @click.option("--gguf", "gguf_path", required=True, type=click.Path(dir_okay=False),
               help="A LLaMA-architecture GGUF file.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
+@click.option("--out", required=True, type=click.Path(), help="Checkpoint directory to write.")
 @click.option("--recycler", "recycler_path", type=click.Path(dir_okay=False),
               help="A trained recyclable module (safetensors) to attach instead of a fresh one.")
 def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None) -> None:
@@ -62,7 +62,7 @@ def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None) -> None
 
 @main.command()
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Checkpoint directory.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to write.")
+@click.option("--out", required=True, type=click.Path(), help="Artifact directory to write.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14..20).")
 @click.option("--max-seq-len", type=int, default=None, help="Override the checkpoint's maximum sequence length.")
@@ -162,7 +162,7 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 
 @main.command("train-recycler")
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Checkpoint (with tokenizer and chat template).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint to write, trained module attached.")
+@click.option("--out", required=True, type=click.Path(), help="Checkpoint to write, trained module attached.")
 @click.option("--module-out", type=click.Path(dir_okay=False), help="Also write the module alone, float16 safetensors.")
 @click.option("--train-prompts", type=int, default=512, show_default=True,
               help="Training prompts from each template set (runtime/prompts.py; all of a smaller set).")
@@ -253,7 +253,9 @@ def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temp
     sampling = SamplingParams(temperature, top_k, top_p, seed)
     if model_path is not None:
         if stop_strings or stream or engine or threads is not None:
-            raise click.UsageError("--stop, --stream, --engine and --threads apply to the runtime (--artifacts) only")
+            from runtime.errors import GenerationError
+
+            raise GenerationError("--stop, --stream, --engine and --threads apply to the runtime (--artifacts) only")
         _generate_reference(model_path, prompt, chat, strategy, sampling, max_new_tokens)
         return
     from runtime.generator import Generator, Request
