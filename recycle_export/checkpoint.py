@@ -124,16 +124,35 @@ def load_checkpoint(path: Path) -> Checkpoint:
             unexpected, mis-shaped, of a wrong dtype, or its file is truncated.
         ConfigError: config.json has an invalid or unsupported value.
     """
+    path = _checkpoint_dir(path)
+    if _is_our_checkpoint(path):
+        return _load_ours(path)
+    return _load_hf(path)
+
+
+def load_config(path: Path) -> ModelConfig:
+    """A checkpoint's model config alone (ours or Hugging Face's), nothing allocated: for
+    checks that must come before the weights load.
+
+    Raises: CheckpointError, ConfigError as load_checkpoint does for the config."""
+    path = _checkpoint_dir(path)
+    raw = _read_json(path / CONFIG, CONFIG)
+    if not _is_our_checkpoint(path):
+        return config_from_hf(raw, str(path / CONFIG))
+    for key in ("format", "format_version", "recycler_trained"):
+        raw.pop(key, None)
+    return ModelConfig.from_dict(raw, source=str(path / CONFIG))
+
+
+def _checkpoint_dir(path: Path) -> Path:
     path = Path(path)
     if path.is_file() and path.suffix in PICKLE_SUFFIXES:
         raise CheckpointError(_pickle_message(path))
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} not found (expected a directory with config.json)")
-    if not (path / "config.json").is_file():
+    if not (path / CONFIG).is_file():
         raise CheckpointError(f"checkpoint {path} has no config.json")
-    if _is_our_checkpoint(path):
-        return _load_ours(path)
-    return _load_hf(path)
+    return path
 
 
 def _pickle_message(path: Path) -> str:

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from recycle_export.checkpoint import Checkpoint, load_checkpoint
+from recycle_export.checkpoint import Checkpoint, load_checkpoint, load_config
 from recycle_export.graphs import TORCH_DTYPES, example_inputs, graph_module
 from recycle_export.model import RecycleGPT
 from recycle_export.validate import check_passed, validate_graphs
@@ -182,14 +182,14 @@ def export(model_path: Path, out: Path, options: ExportOptions = ExportOptions()
     """
     with staged_folder(out, MANIFEST, export_files) as tmp:
         progress("loading checkpoint")
-        ckpt = load_checkpoint(model_path)
-        cfg = ckpt.config
+        cfg = load_config(model_path)
         if options.max_seq_len is not None:
             cfg = dataclasses.replace(cfg, max_seq_len=options.max_seq_len)
+        dims = C.Dims.from_config(cfg.to_dict(), options.dtype)
+        check_decode_memory(dims, cfg.max_seq_len, "lower --max-seq-len")  # before the weights load
+        ckpt = load_checkpoint(model_path)
         reference = ckpt.model  # float32, the oracle for every dtype
         model = reference if options.dtype == "float32" else copy.deepcopy(reference).to(TORCH_DTYPES[options.dtype])
-        dims = C.Dims.from_config(cfg.to_dict(), options.dtype)
-        check_decode_memory(dims, cfg.max_seq_len, "lower --max-seq-len")
         for name, spec in C.graphs(dims).items():
             progress(f"tracing {name}")
             trace_graph(model, spec, tmp / f"{name}.onnx", options.opset, options.external_data_bytes)
