@@ -131,17 +131,25 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def load_config(path: Path) -> ModelConfig:
-    """A checkpoint's model config alone (ours or Hugging Face's), nothing allocated: for
-    checks that must come before the weights load.
+    """A checkpoint's model config, checked against the tensors its files declare (their
+    headers), with no weight read: for checks that must come before the weights load.
 
-    Raises: CheckpointError, ConfigError as load_checkpoint does for the config."""
+    Raises: CheckpointError, ConfigError as load_checkpoint does for the config and shapes."""
     path = _checkpoint_dir(path)
     raw = _read_json(path / CONFIG, CONFIG)
     if not _is_our_checkpoint(path):
-        return config_from_hf(raw, str(path / CONFIG))
+        cfg = config_from_hf(raw, str(path / CONFIG))
+        files = sorted(path.glob("*.safetensors"))
+        if files:
+            check_sizes(cfg, _hf_shapes(files), None, str(path))
+        return cfg
     for key in ("format", "format_version", "recycler_trained"):
         raw.pop(key, None)
-    return ModelConfig.from_dict(raw, source=str(path / CONFIG))
+    cfg = ModelConfig.from_dict(raw, source=str(path / CONFIG))
+    files = {part: path / f"{part}.safetensors" for part in ("base", "recycler")}
+    if all(f.is_file() for f in files.values()):
+        check_sizes(cfg, _header_shapes([files["base"]]), _header_shapes([files["recycler"]]), str(path))
+    return cfg
 
 
 def _checkpoint_dir(path: Path) -> Path:
@@ -252,6 +260,11 @@ def _header_shapes(files: list[Path]) -> dict[str, tuple]:
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{file}: cannot read safetensors file, truncated or corrupt ({exc})") from None
     return shapes
+
+
+def _hf_shapes(files: list[Path]) -> dict[str, tuple]:
+    return {name.removeprefix("model."): shape for name, shape in _header_shapes(files).items()
+            if not name.endswith("rotary_emb.inv_freq")}
 
 
 def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str,
@@ -378,9 +391,7 @@ def _load_hf(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no *.safetensors weights found")
     hf = _read_json(path / "config.json", "config.json")
     cfg = config_from_hf(hf, str(path / "config.json"))
-    shapes = {name.removeprefix("model."): shape for name, shape in _header_shapes(files).items()
-              if not name.endswith("rotary_emb.inv_freq")}
-    check_sizes(cfg, shapes, None, str(path))
+    check_sizes(cfg, _hf_shapes(files), None, str(path))
     model = RecycleGPT(cfg).eval()
     tensors = {}
     for name, value in _read_tensors(files).items():
