@@ -141,11 +141,17 @@ def test_incompatible_artifacts(tiny_artifacts, tmp_path):
     (art / "manifest.json").write_text(json.dumps({**manifest, "kv": {**manifest["kv"], "contract": "fixed-kv-v9"}}))
     with pytest.raises(ArtifactError, match="KV contract 'fixed-kv-v9'"):
         Generator.from_artifacts(art)
-    # A graph swapped for another export's (hashes re-stamped, so only the contract check sees it).
+    # A graph swapped for another export's with its hash re-stamped in `files`: the hash its
+    # validation measured differs; with that dropped too, the contract check still sees it.
     from runtime.files import hash_files
 
     shutil.copy(art / "full_step.onnx", art / "recycle_step.onnx")
-    (art / "manifest.json").write_text(json.dumps({**manifest, "files": hash_files(art, skip=("manifest.json",))}))
+    files = hash_files(art, skip=("manifest.json",))
+    (art / "manifest.json").write_text(json.dumps({**manifest, "files": files}))
+    with pytest.raises(ArtifactError, match="field files gives recycle_step.onnx another sha256"):
+        Generator.from_artifacts(art)
+    validation = {k: v for k, v in manifest["validation"].items() if k != "sha256"}
+    (art / "manifest.json").write_text(json.dumps({**manifest, "files": files, "validation": validation}))
     with pytest.raises(ArtifactError, match="recycle_step: input 'hidden_states' is missing; re-run `cli.py export`"):
         Generator.from_artifacts(art)
     with pytest.raises(ArtifactError, match="has no manifest.json"):
