@@ -37,16 +37,17 @@ def main(verbose: bool) -> None:
 @main.command("import-gguf")
 @click.option("--gguf", "gguf_path", required=True, type=click.Path(dir_okay=False),
               help="A LLaMA-architecture GGUF file.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
+@click.option("--out", required=True, type=click.Path(), help="Checkpoint directory to write.")
 @click.option("--recycler", "recycler_path", type=click.Path(dir_okay=False),
               help="A trained recyclable module (safetensors) to attach instead of a fresh one.")
 def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None) -> None:
     """Convert a GGUF file into a checkpoint (weights dequantized to float32)."""
     from tqdm import tqdm
 
-    from recycle_export.checkpoint import save_checkpoint
+    from recycle_export.checkpoint import check_output, save_checkpoint
     from recycle_export.gguf_import import import_gguf
 
+    check_output(out)  # before the import, not after it
     with tqdm(desc="dequantizing", unit="tensor", disable=None) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -61,7 +62,7 @@ def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None) -> None
 
 @main.command()
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Checkpoint directory.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to write.")
+@click.option("--out", required=True, type=click.Path(), help="Artifact directory to write.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14..20).")
 @click.option("--max-seq-len", type=int, default=None, help="Override the checkpoint's maximum sequence length.")
@@ -161,7 +162,7 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 
 @main.command("train-recycler")
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Checkpoint (with tokenizer and chat template).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint to write, trained module attached.")
+@click.option("--out", required=True, type=click.Path(), help="Checkpoint to write, trained module attached.")
 @click.option("--module-out", type=click.Path(dir_okay=False), help="Also write the module alone, float16 safetensors.")
 @click.option("--train-prompts", type=int, default=512, show_default=True,
               help="Training prompts from each template set (runtime/prompts.py; all of a smaller set).")
@@ -279,14 +280,18 @@ def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temp
     sampling = SamplingParams(temperature, top_k, top_p, seed)
     schedule = _schedule(**schedule)
     if model_path is not None:
+        if stop_strings or stream or engine or threads is not None:
+            from runtime.errors import GenerationError
+
+            raise GenerationError("--stop, --stream, --engine and --threads apply to the runtime (--artifacts) only")
         _generate_reference(model_path, prompt, chat, Request(strategy, sampling, max_new_tokens, **schedule))
         return
     from runtime.generator import Generator
 
+    request = Request(strategy, sampling, max_new_tokens, stop_strings=tuple(stop_strings), **schedule)
     generator = Generator.from_artifacts(artifacts, engine, threads)
     ids = generator.encode(prompt, chat=chat)
-    run = generator.stream(ids, Request(strategy, sampling, max_new_tokens, stop_strings=tuple(stop_strings),
-                                        **schedule))
+    run = generator.stream(ids, request)
     if stream:
         shown = ""
         tokens = []
@@ -302,8 +307,9 @@ def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temp
         result = run.result()
         click.echo(result.text)
     st = result.stats
+    decode = "-" if st.decode_tokens_per_s is None else f"{st.decode_tokens_per_s:.1f}"
     click.echo(f"[{strategy}] {st.generated_tokens} tokens, finish: {result.finish_reason}, "
-               f"prefill {st.prefill_tokens_per_s:.0f} tok/s, decode {st.decode_tokens_per_s:.1f} tok/s, "
+               f"prefill {st.prefill_tokens_per_s:.0f} tok/s, decode {decode} tok/s, "
                f"{_calls(st)}", err=True)
 
 
@@ -389,6 +395,12 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
     if repeats < 1:
         raise GenerationError(f"--repeats must be >= 1, got {repeats}")
     _check_task_set_use(task_set, kinds, per_kind, "--prompt" if prompts else None)
+    if warmup < 0:
+        raise GenerationError(f"--warmup must be >= 0, got {warmup}")
+    if max_new_tokens < 2:
+        raise GenerationError(f"--max-new-tokens must be >= 2 to time decoding, got {max_new_tokens}")
+    _check_output_file(json_path, "--json")
+    _check_output_file(chart_path, "--chart")
     from runtime.generator import Generator
 
     generator = Generator.from_artifacts(artifacts, engine, threads)
@@ -422,9 +434,27 @@ def bench(artifacts, strategies, prompts, max_new_tokens, repeats, warmup, engin
                **{k: (dataclasses.asdict(v) if k == "drafts" else v) for k, v in options.items()}}
     write_json(figures, json_path, context, by_kind)
     prompts_label = f"{len(ids)} {task_set} prompts" if task_set else f"{len(ids)} prompts"
+    try:
+        import matplotlib  # noqa: F401  (the `bench` extra)
+    except ImportError:
+        click.echo(f"wrote {json_path}; no chart: matplotlib is not installed (pip install 'recycle-export[bench]')")
+        return
     write_chart(figures, chart_path, f"{Path(artifacts).name} ({engine or manifest.dtype + ' graphs'}, "
                                      f"{context['cores']} cores): {max_new_tokens} new tokens x {prompts_label}")
     click.echo(f"wrote {json_path} and {chart_path}")
+
+
+def _check_output_file(path: str | None, option: str) -> None:
+    """Refuse, before a long run, an output file whose folder does not exist.
+
+    Raises: GenerationError naming the option and the folder."""
+    from runtime.errors import GenerationError
+
+    if path is None:
+        return
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise GenerationError(f"{option} {path}: folder {parent} does not exist; create it first")
 
 
 @main.command("eval")
@@ -449,6 +479,7 @@ def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, js
     from runtime.errors import GenerationError
     from runtime.evaluate import OVERALL, evaluate_by_group, table
     from runtime.generator import Generator
+    from runtime.files import write_text
     from runtime.prompts import prompts
 
     _check_task_set_use(task_set, kinds, per_kind, "--prompts" if count is not None else None)
@@ -456,6 +487,9 @@ def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, js
     count = 32 if count is None else count
     if not task_set and not 1 <= count <= len(held_out):
         raise GenerationError(f"--prompts must be in 1..{len(held_out)}, got {count}")
+    if max_new_tokens < 1:
+        raise GenerationError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    _check_output_file(json_path, "--json")
     generator = Generator.from_artifacts(artifacts, engine, threads)
     if task_set:
         ids, groups = _task_prompts(generator, task_set, kinds, per_kind, max_new_tokens)
@@ -478,7 +512,7 @@ def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, js
         record = dataclasses.asdict(figures)
         if task_set:
             record = {**record, "task_set": task_set, "kinds": {k: dataclasses.asdict(e) for k, e in report.items()}}
-        Path(json_path).write_text(json.dumps(record, indent=2) + "\n")
+        write_text(Path(json_path), json.dumps(record, indent=2) + "\n")
 
 
 def _check_task_set_use(task_set: str | None, kinds: str | None, per_kind: int | None, other: str | None) -> None:

@@ -12,7 +12,7 @@ from engines.ort_fused import build_fused
 from engines.targets import Target
 from runtime import contract as C
 from runtime.artifacts import Artifacts
-from runtime.engines import ENGINE_JSON, EngineRecord
+from runtime.engines import ENGINE_JSON, TRT_CACHE, EngineRecord, engine_files
 from runtime.errors import EngineBuildError
 from runtime.files import hash_files, staged_folder
 
@@ -34,7 +34,7 @@ def build_session_files(artifacts: Artifacts, target: Target, precision: str, ou
 
     check_providers(target)
     fused = target.name == "cpu"
-    with staged_folder(out, ENGINE_JSON) as tmp:
+    with staged_folder(out, ENGINE_JSON, engine_files) as tmp:
         graphs = {name: f"{name}.onnx" for name in C.graphs(artifacts.dims)}
         if fused:
             progress(f"emitting fused graphs ({precision})")
@@ -67,7 +67,7 @@ def session_settings(target: Target, precision: str, folder: Path) -> dict:
     if target.name == "ort-tensorrt":
         settings["provider_options"]["TensorrtExecutionProvider"] = {
             "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(folder / "trt_cache"), "trt_timing_cache_enable": True}
+            "trt_engine_cache_path": str(folder / TRT_CACHE), "trt_timing_cache_enable": True}
     return settings
 
 

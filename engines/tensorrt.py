@@ -19,7 +19,7 @@ from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.backends.tensorrt import import_tensorrt, make_logger
 from runtime.cuda import device_properties
-from runtime.engines import ENGINE_JSON, EngineRecord
+from runtime.engines import ENGINE_JSON, EngineRecord, engine_files
 from runtime.errors import EngineBuildError
 from runtime.files import hash_files, staged_folder, write_bytes
 
@@ -102,7 +102,7 @@ def build_plans(artifacts: Artifacts, target: Target, precision: str, out: Path,
     cache_path = Path(timing_cache) if timing_cache else DEFAULT_TIMING_CACHE
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
     max_seq_len = artifacts.max_seq_len
-    with staged_folder(out, ENGINE_JSON) as tmp:
+    with staged_folder(out, ENGINE_JSON, engine_files) as tmp:
         graphs, profiles = {}, {}
         for name, spec in C.graphs(artifacts.dims).items():
             progress(f"building {name}.plan ({precision}, {device['name']})")

@@ -20,14 +20,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from recycle_export.checkpoint import Checkpoint, load_checkpoint
+from recycle_export.checkpoint import Checkpoint, load_checkpoint, load_config
 from recycle_export.graphs import TORCH_DTYPES, example_inputs, graph_module
 from recycle_export.model import RecycleGPT
 from recycle_export.validate import check_passed, validate_graphs
 from runtime import contract as C
-from runtime.artifacts import MANIFEST, GraphRecord, Manifest
+from runtime.artifacts import MANIFEST, GraphRecord, Manifest, export_files
 from runtime.errors import ArtifactError
 from runtime.files import hash_files, staged_folder
+from runtime.limits import check_decode_memory
 
 log = logging.getLogger(__name__)
 
@@ -173,19 +174,22 @@ def export(model_path: Path, out: Path, options: ExportOptions = ExportOptions()
 
     Raises:
         CheckpointError, ConfigError: the checkpoint does not load.
-        ArtifactError: bad options, or `out` holds unrelated files.
+        ArtifactError: bad options, or `out` holds files that are not an earlier export's.
+        ConfigError: max_seq_len needs more memory for one sequence's KV cache than this
+            machine has (checked before tracing).
         ValidationError: a graph disagrees with PyTorch beyond the dtype's tolerance
             (nothing is written then).
     """
-    with staged_folder(out, MANIFEST) as tmp:
+    with staged_folder(out, MANIFEST, export_files) as tmp:
         progress("loading checkpoint")
-        ckpt = load_checkpoint(model_path)
-        cfg = ckpt.config
+        cfg = load_config(model_path)
         if options.max_seq_len is not None:
             cfg = dataclasses.replace(cfg, max_seq_len=options.max_seq_len)
+        dims = C.Dims.from_config(cfg.to_dict(), options.dtype)
+        check_decode_memory(dims, cfg.max_seq_len, "lower --max-seq-len")  # before the weights load
+        ckpt = load_checkpoint(model_path)
         reference = ckpt.model  # float32, the oracle for every dtype
         model = reference if options.dtype == "float32" else copy.deepcopy(reference).to(TORCH_DTYPES[options.dtype])
-        dims = C.Dims.from_config(cfg.to_dict(), options.dtype)
         for name, spec in C.graphs(dims).items():
             progress(f"tracing {name}")
             trace_graph(model, spec, tmp / f"{name}.onnx", options.opset, options.external_data_bytes)

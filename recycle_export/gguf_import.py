@@ -15,11 +15,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from recycle_export.checkpoint import Checkpoint, assign_tensors, attach_recycler, new_model
+from recycle_export.checkpoint import Checkpoint, assign_tensors, attach_recycler, check_shapes, layer_count, new_model
+from recycle_export.model import RecycleGPT
 
 from runtime.artifacts import GenerationRecord
 from recycle_export.config import ModelConfig
 from runtime.errors import CheckpointError, ConfigError, GGUFError
+from runtime.tokenizer import compile_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +73,25 @@ class _Fields:
             raise GGUFError(f"{self.source}: metadata key {key!r} is missing")
         return value
 
+    def number(self, key: str, kind: type = int, default=None):
+        """A numeric metadata value (required when `default` is None)."""
+        value = self.require(key) if default is None else self.get(key, default)
+        if isinstance(value, (str, bytes, list, bool)):
+            raise GGUFError(f"{self.source}: metadata key {key!r} must be a number, got {value!r:.40}")
+        return kind(value)
+
 
 def _config(fields: _Fields) -> ModelConfig:
     arch = fields.require("general.architecture")
     if arch != "llama":
         raise GGUFError(f"{fields.source}: architecture {arch!r} is not supported; "
                         "import-gguf converts LLaMA-architecture files only")
-    n_heads = int(fields.require("llama.attention.head_count"))
-    dim = int(fields.require("llama.embedding_length"))
+    n_heads = fields.number("llama.attention.head_count")
+    dim = fields.number("llama.embedding_length")
+    if n_heads <= 0:
+        raise GGUFError(f"{fields.source}: metadata key 'llama.attention.head_count' must be positive, got {n_heads}")
     rope_dim = fields.get("llama.rope.dimension_count")
-    head_dim = int(fields.get("llama.attention.key_length", dim // n_heads))
+    head_dim = fields.number("llama.attention.key_length", int, dim // n_heads)
     if rope_dim is not None and int(rope_dim) != head_dim:
         raise GGUFError(f"{fields.source}: partial rotary (rope.dimension_count {rope_dim} of "
                         f"head_dim {head_dim}) is not supported")
@@ -88,29 +99,67 @@ def _config(fields: _Fields) -> ModelConfig:
         raise GGUFError(f"{fields.source}: rope scaling {fields.get('llama.rope.scaling.type')!r} is not supported")
     tokens = fields.require("tokenizer.ggml.tokens")
     try:
-        return ModelConfig(
-            vocab_size=int(fields.get("llama.vocab_size", len(tokens))),
+        cfg = ModelConfig(
+            vocab_size=fields.number("llama.vocab_size", int, len(tokens)),
             dim=dim,
-            n_layers=int(fields.require("llama.block_count")),
+            n_layers=fields.number("llama.block_count"),
             n_heads=n_heads,
-            n_kv_heads=int(fields.get("llama.attention.head_count_kv", n_heads)),
-            ffn_dim=int(fields.require("llama.feed_forward_length")),
+            n_kv_heads=fields.number("llama.attention.head_count_kv", int, n_heads),
+            ffn_dim=fields.number("llama.feed_forward_length"),
             head_dim=head_dim,
-            rope_theta=float(fields.get("llama.rope.freq_base", 10000.0)),
-            norm_eps=float(fields.require("llama.attention.layer_norm_rms_epsilon")),
+            rope_theta=fields.number("llama.rope.freq_base", float, 10000.0),
+            norm_eps=fields.number("llama.attention.layer_norm_rms_epsilon", float),
             tie_embeddings="output.weight" not in {t.name for t in fields.reader.tensors},
-            max_seq_len=min(int(fields.get("llama.context_length", 2048)), 2048))
+            max_seq_len=min(fields.number("llama.context_length", int, 2048), 2048))
     except ConfigError as exc:
         raise GGUFError(f"{fields.source}: {exc}") from None
+    if len(tokens) > cfg.vocab_size:
+        raise GGUFError(f"{fields.source}: the vocabulary lists {len(tokens)} tokens, more than the model's "
+                        f"{cfg.vocab_size} (llama.vocab_size)")
+    return cfg
+
+
+def _gguf_names(cfg: ModelConfig) -> dict[str, str]:
+    """GGUF tensor name -> our Base parameter name, for every layer."""
+    names = {}
+    for gguf_name, ours in TENSOR_NAMES.items():
+        for i in range(cfg.n_layers if "{i}" in gguf_name else 1):
+            names[gguf_name.format(i=i)] = ours.format(i=i)
+    return names
+
+
+def _check_tensors(reader, cfg: ModelConfig, source: str) -> None:
+    """Check the metadata's sizes against the tensors the file holds, before anything is
+    allocated: a block_count or vocab_size edited by hand must not cost gigabytes first.
+
+    Raises:
+        GGUFError: block_count differs from the blocks present, or a tensor is missing,
+            unexpected or of another shape than the metadata implies.
+    """
+    present = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}  # numpy order
+    blocks = layer_count(present, "blk.")
+    if blocks != cfg.n_layers:
+        raise GGUFError(f"{source}: metadata llama.block_count is {cfg.n_layers}, but the file holds tensors "
+                        f"for {blocks} blocks")
+    names = _gguf_names(cfg)
+    unexpected = sorted(set(present) - set(names))
+    if unexpected:
+        raise GGUFError(f"{source}: unexpected tensor {unexpected[0]!r}; not part of a LLaMA model")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        base = RecycleGPT(cfg).base
+    expected = {name: tuple(base.get_parameter(ours).shape) for name, ours in names.items()
+                if not (cfg.tie_embeddings and name == "output.weight")}
+    try:
+        check_shapes(expected, present, source)
+    except CheckpointError as exc:
+        raise GGUFError(f"{exc} (from the metadata: vocab {cfg.vocab_size}, dim {cfg.dim}, "
+                        f"ffn {cfg.ffn_dim}, heads {cfg.n_heads}/{cfg.n_kv_heads})") from None
 
 
 def _tensors(reader, cfg: ModelConfig, source: str, progress: Callable[[int, int], None]) -> dict:
     from gguf import quants
 
-    names = {}
-    for gguf_name, ours in TENSOR_NAMES.items():
-        for i in range(cfg.n_layers if "{i}" in gguf_name else 1):
-            names[gguf_name.format(i=i)] = ours.format(i=i)
+    names = _gguf_names(cfg)
     tensors = {}
     total = len(reader.tensors)
     for done, t in enumerate(reader.tensors, 1):
@@ -179,6 +228,8 @@ def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, 
         raise GGUFError(f"{path}: not a readable GGUF file ({exc})") from None
     fields = _Fields(reader, str(path))
     cfg = _config(fields)
+    _check_tensors(reader, cfg, str(path))
+    compile_chat_template(fields.get("tokenizer.chat_template"), str(path), GGUFError)
     model = new_model(cfg)
     tensors = _tensors(reader, cfg, str(path), progress)
     try:

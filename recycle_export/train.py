@@ -31,12 +31,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from recycle_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from recycle_export.checkpoint import Checkpoint, check_output, load_checkpoint, save_checkpoint
 from recycle_export.distill_data import Sequence, generate_sequences, load_sequences, save_sequences
 from runtime.prompts import TEMPLATE_SETS, prompts
 from recycle_export.model import RecycleGPT
 from runtime.errors import CheckpointError, ConfigError
 from runtime.files import atomic_path, write_json
+from runtime.request import check_threads
 from runtime.tokenizer import TextCodec
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class TrainOptions:
             raise ConfigError(f"init must be 'base-layer' or 'checkpoint', got {self.init!r}")
         if self.draft_vocab < 0:
             raise ConfigError(f"draft_vocab must be >= 0 (0: the whole vocabulary), got {self.draft_vocab}")
+        check_threads(self.threads)
         if self.generation_dtype not in GENERATION_DTYPES:
             raise ConfigError(f"generation_dtype must be one of {sorted(GENERATION_DTYPES)}, got {self.generation_dtype!r}")
 
@@ -269,8 +271,10 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
 
     Raises:
         CheckpointError, ConfigError: the checkpoint does not load, has no tokenizer or chat
-            template, or the work folder belongs to other options.
+            template, the work folder belongs to other options, or `out` holds files that
+            are not an earlier checkpoint's (refused before any work).
     """
+    check_output(Path(out))
     if options.threads:
         torch.set_num_threads(options.threads)
     started = time.perf_counter()

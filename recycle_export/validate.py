@@ -10,6 +10,7 @@ is compared with the float32 model, not with a float16 one).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import torch
 from recycle_export.graphs import TORCH_DTYPES, example_inputs, graph_module
 from recycle_export.model import RecycleGPT
 from runtime import contract as C
-from runtime.artifacts import Manifest, read_manifest
-from runtime.errors import ValidationError
+from runtime.artifacts import MANIFEST, Manifest, read_manifest
+from runtime.errors import ArtifactError, ValidationError
+from runtime.files import sha256
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,9 @@ def validate_graphs(folder: Path, model: RecycleGPT, dims: C.Dims) -> dict:
     tol = TOLERANCE[dims.dtype]
     figures: dict = {}
     failures = []
+    hashes: dict[str, str] = {}
     for name, spec in C.graphs(dims).items():
-        session = ort.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        session = _session(ort, Path(folder) / f"{name}.onnx", hashes)
         wrapper = graph_module(model, name)
         per_output: dict[str, dict[str, float]] = {out: {} for out in spec.output_names}
         gen = torch.Generator().manual_seed(0)
@@ -95,7 +98,28 @@ def validate_graphs(folder: Path, model: RecycleGPT, dims: C.Dims) -> dict:
         figures[name] = per_output
     return {"tolerance": {"relative_to_max_abs_reference": tol, "dtype": dims.dtype},
             "max_abs_diff": {g: {o: max(c.values()) for o, c in outs.items()} for g, outs in figures.items()},
-            "per_case": figures, "passed": not failures, "failures": failures}
+            "per_case": figures, "passed": not failures, "failures": failures, "sha256": hashes}
+
+
+def _session(ort, path: Path, hashes: dict[str, str]):
+    """A CPU session over the graph at `path`, recording in `hashes` the sha256 of the bytes
+    it was built from: the graph is read once and the session made from those bytes, so the
+    figures belong to exactly the hashed graph. A graph with external data is loaded from
+    its path, and its files are hashed before and after.
+
+    Raises: ArtifactError when a file changed while it was loaded."""
+    providers = ["CPUExecutionProvider"]
+    data = path.with_name(path.name + ".data")
+    if not data.exists():
+        graph = path.read_bytes()
+        hashes[path.name] = hashlib.sha256(graph).hexdigest()
+        return ort.InferenceSession(graph, providers=providers)
+    before = {p.name: sha256(p) for p in (path, data)}
+    session = ort.InferenceSession(str(path), providers=providers)
+    if {p.name: sha256(p) for p in (path, data)} != before:
+        raise ArtifactError(f"{path} changed while it was being validated; run validation again")
+    hashes.update(before)
+    return session
 
 
 def check_passed(validation: dict) -> None:
@@ -117,9 +141,17 @@ def validate_artifacts(folder: Path, model_path: Path | None = None) -> Manifest
     from recycle_export.checkpoint import load_checkpoint
 
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    model = load_checkpoint(model_path or manifest.source["checkpoint"]).model
-    manifest = dataclasses.replace(manifest, validation=validate_graphs(folder, model, manifest.dims))
+    manifest = read_manifest(folder)  # every file's hash checked first
+    source = model_path or manifest.source.get("checkpoint")
+    if not isinstance(source, str) and model_path is None:
+        raise ArtifactError(f"{folder / MANIFEST} names no source checkpoint; pass --model CKPT")
+    model = load_checkpoint(source).model
+    validation = validate_graphs(folder, model, manifest.dims)
+    changed = [f for f, digest in validation["sha256"].items() if manifest.files.get(f) != digest]
+    if changed:
+        raise ArtifactError(f"{folder / changed[0]} is not the file that was exported (its sha256 differs from "
+                            f"manifest.json's); re-run `cli.py export`")
+    manifest = dataclasses.replace(manifest, validation=validation)
     manifest.write(folder)
     check_passed(manifest.validation)
     return manifest

@@ -9,13 +9,12 @@ wrong; nothing else in the project spells a manifest key.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import contract as C
-from runtime.errors import ArtifactError
-from runtime.files import sha256, write_json
+from runtime.errors import ArtifactError, GenerationError
+from runtime.files import listed_files, read_json, read_record, read_text, sha256, write_json
 from runtime.records import Fields
 
 FORMAT = "recycle-export-artifacts"
@@ -137,13 +136,28 @@ class Manifest:
         if not all(isinstance(w, str) for w in warnings):
             f.fail("warnings", "must be a list of strings")
         tokenizer = f.file_name("tokenizer") if f.data.get("tokenizer") is not None else None
+        files = f.hashes("files")
+        for file in [g.file for g in graphs.values()] + ([tokenizer] if tokenizer else []):
+            if file not in files:
+                f.fail("files", f"does not list {file}: every file's hash is checked")
+        validated = validation.hashes("sha256", optional=True) or {}
+        for file, digest in validated.items():
+            if files.get(file) != digest:
+                f.fail("files", f"gives {file} another sha256 than the one its validation measured")
         return cls(config=dict(config.data), dtype=f.choice("dtype", C.FLOAT_DTYPES), opset=f.int("opset", 1),
                    kv=dict(kv.data), graphs=graphs, tokenizer=tokenizer,
                    generation=GenerationRecord.from_json(f.sub("generation")),
                    recycler_trained=f.get("recycler_trained", bool), draft_vocab=draft_vocab,
                    warnings=tuple(warnings), source=dict(f.sub("source").data),
                    versions=dict(f.sub("versions").data), validation=dict(validation.data),
-                   files=f.hashes("files"))
+                   files=files)
+
+
+def export_files(folder: Path) -> set[str] | None:
+    """The files an earlier export in `folder` wrote (its manifest and the files it lists),
+    or None when `folder` holds no export of ours (runtime.files.staged_folder's `owned`)."""
+    listed = listed_files(read_record(Path(folder) / MANIFEST, FORMAT))
+    return None if listed is None else listed | {MANIFEST}
 
 
 def read_manifest(folder: Path, check_hashes: bool = True) -> Manifest:
@@ -159,11 +173,12 @@ def read_manifest(folder: Path, check_hashes: bool = True) -> Manifest:
     if not path.is_file():
         raise ArtifactError(f"{folder} has no {MANIFEST}: not an export folder; "
                             f"run `cli.py export --model CKPT --out {folder}`")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc}); re-run `cli.py export`") from None
+    data = read_json(path, ArtifactError, "re-run `cli.py export`")
     manifest = Manifest.from_json(data, str(path))
+    for graph in manifest.graphs.values():
+        data = f"{graph.file}.data"
+        if (folder / data).exists() and data not in manifest.files:
+            raise ArtifactError(f"{folder / data} is not listed in {MANIFEST}'s files; re-run `cli.py export`")
     if check_hashes:
         for file, digest in manifest.files.items():
             target = folder / file
@@ -209,9 +224,14 @@ class Artifacts:
     def codec(self):
         """The TextCodec for this export's tokenizer and chat template.
 
-        Raises: GenerationError when the export has no tokenizer."""
+        Raises:
+            GenerationError: the export has no tokenizer.
+            ArtifactError: its tokenizer.json is unreadable or has more tokens than the
+                vocabulary, or its chat template has a syntax error.
+        """
         from runtime.tokenizer import TextCodec
 
         tokenizer = self.manifest.tokenizer
-        text = (self.folder / tokenizer).read_text() if tokenizer else None
-        return TextCodec.from_json(text, self.manifest.generation.chat_template, str(self.folder))
+        text = read_text(self.folder / tokenizer, ArtifactError, "re-run `cli.py export`") if tokenizer else None
+        return TextCodec.from_json(text, self.manifest.generation.chat_template, str(self.folder),
+                                   self.dims.vocab_size, ArtifactError if tokenizer else GenerationError)

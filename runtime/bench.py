@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from runtime.files import write_text
 from runtime.generator import Generator, Result
 from runtime.request import DraftOptions, Request
 from runtime.sampling import SamplingParams
@@ -147,7 +148,7 @@ def write_json(figures: list[StrategyFigures], path: Path, context: dict,
     record = {**context, "strategies": [asdict(f) for f in figures]}
     if groups:
         record["kinds"] = {g: [asdict(f) for f in fs] for g, fs in groups.items()}
-    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+    write_text(Path(path), json.dumps(record, indent=2) + "\n")
 
 
 def write_chart(figures: list[StrategyFigures], path: Path, title: str) -> None:

@@ -10,19 +10,20 @@ refused with what to re-run.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.errors import ArtifactError
-from runtime.files import sha256, write_json
+from runtime.files import listed_files, read_json, read_record, sha256, write_json
 from runtime.records import Fields
 
 ENGINE_FORMAT = "recycle-export-engine"
 ENGINE_FORMAT_VERSION = 1
 ENGINE_JSON = "engine.json"
+# Written by onnxruntime's TensorRT provider inside an ort-tensorrt engine folder at run time.
+TRT_CACHE = "trt_cache"
 BACKENDS = ("onnxruntime", "tensorrt")
 
 
@@ -32,6 +33,13 @@ def engine_dir(artifacts_folder: Path, target: str) -> Path:
 
 def rebuild_hint(artifacts_folder: Path, target: str) -> str:
     return f"re-run `cli.py build --artifacts {artifacts_folder} --target {target}`"
+
+
+def engine_files(folder: Path) -> set[str] | None:
+    """The files an earlier build in `folder` wrote (engine.json, the files it lists, the
+    provider's cache), or None when `folder` holds no engine of ours."""
+    listed = listed_files(read_record(Path(folder) / ENGINE_JSON, ENGINE_FORMAT))
+    return None if listed is None else listed | {ENGINE_JSON, TRT_CACHE}
 
 
 @dataclass(frozen=True)
@@ -89,9 +97,13 @@ class EngineRecord:
         profiles = f.sub("profiles", optional=True)
         accuracy = f.sub("accuracy", optional=True)
         kv_contract = f.choice("kv_contract", C.KV_CONTRACTS)
+        files = f.hashes("files")
+        for file in graphs.data.values():
+            if file not in files:
+                f.fail("files", f"does not list {file}: every file's hash is checked")
         return cls(f.get("target", str), f.get("precision", str), backend, f.get("backend_version", str),
                    dict(device.data), dict(graphs.data), None if profiles is None else dict(profiles.data),
-                   f.hashes("source"), f.hashes("files"), None if session is None else dict(session.data),
+                   f.hashes("source"), files, None if session is None else dict(session.data),
                    None if accuracy is None else dict(accuracy.data), f.get("timing_cache", str, optional=True),
                    kv_contract)
 
@@ -121,15 +133,14 @@ class EngineInfo:
                 graphs changed since the build, or engine files changed; the message says
                 what to re-run.
         """
+        if not isinstance(target, str) or not target or Path(target).name != target or target in (".", ".."):
+            raise ArtifactError(f"engine name {target!r} must name a folder under {artifacts.folder / 'engines'}")
         folder = engine_dir(artifacts.folder, target)
         path = folder / ENGINE_JSON
         rebuild = rebuild_hint(artifacts.folder, target)
         if not path.is_file():
             raise ArtifactError(f"no engine for target {target!r} in {artifacts.folder}; {rebuild}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{path} is not valid JSON ({exc}); {rebuild}") from None
+        data = read_json(path, ArtifactError, rebuild)
         record = EngineRecord.from_json(data, str(path), rebuild)
         for file, digest in record.source.items():
             if artifacts.manifest.files.get(file) != digest:

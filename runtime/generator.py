@@ -20,7 +20,8 @@ from runtime.artifacts import Artifacts
 from runtime.errors import GenerationError
 from runtime.drafts import lookup_draft
 from runtime.kv import BASE, MODULE, KVPool
-from runtime.request import STRATEGIES, Request, Stats, check_request  # noqa: F401  (the public names)
+from runtime.limits import check_decode_memory
+from runtime.request import STRATEGIES, Request, Stats, check_request, check_threads  # noqa: F401  (the public names)
 from runtime.sampling import accept_draft, draw, probabilities
 
 LOOKUP = "lookup"  # stands for a prompt-lookup draft's distribution (one-hot at the draft)
@@ -100,12 +101,17 @@ class Generator:
 
         Raises:
             ArtifactError: the folder or engine is incomplete, changed, or incompatible.
+            ConfigError: its max_seq_len needs more memory to decode than this machine has.
+            GenerationError: `threads` outside 1..4 x the machine's cores.
             EngineBuildError: the engine's backend or device is missing here.
         """
         from runtime.backends import load_backend
         from runtime.engines import EngineInfo
 
+        check_threads(threads)
         artifacts = Artifacts.load(folder, check_hashes)
+        check_decode_memory(artifacts.dims, artifacts.max_seq_len,
+                            "export again with a smaller --max-seq-len")
         info = EngineInfo.load(artifacts, engine, check_hashes) if engine else None
         codec = artifacts.codec() if artifacts.manifest.tokenizer else None
         return cls(load_backend(artifacts, info, threads), artifacts, codec)

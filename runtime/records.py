@@ -55,7 +55,7 @@ class Fields:
     def file_name(self, key: str) -> str:
         """A file directly inside the record's folder: no path separators, no '..'."""
         value = self.get(key, str)
-        if not value or PurePath(value).name != value or value in (".", ".."):
+        if not is_file_name(value):
             self.fail(key, f"must name a file inside the folder, not {value!r}")
         return value
 
@@ -65,7 +65,8 @@ class Fields:
         if sub is None:
             return None
         for name in sub.data:
-            sub.file_name(name)
+            if not is_file_name(name):
+                sub.fail(name, "must name a file inside the folder")
             digest = sub.get(name, str)
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 sub.fail(name, "must be a sha256 hex digest")
@@ -78,3 +79,8 @@ class Fields:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
             self.fail(key, "must be a list of non-negative integers")
         return tuple(value)
+
+
+def is_file_name(value: str) -> bool:
+    """A plain file name: not empty, no path separators, not '.' or '..'."""
+    return bool(value) and PurePath(value).name == value and value not in (".", "..") and "\\" not in value

@@ -3,7 +3,10 @@ the Stats, and the one check of a request that the runtime and the reference dec
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+import numpy as np
 
 from runtime.contract import DECODE_MAX_NEW
 from runtime.errors import GenerationError
@@ -49,6 +52,17 @@ class DraftOptions:
 
 @dataclass(frozen=True)
 class Request:
+    """What to generate. Checked on construction (the CLI builds one too, so both share
+    this check); `check_request` adds what depends on the model.
+
+    Raises:
+        GenerationError: an unknown strategy, sampling that is not a SamplingParams,
+            max_new_tokens not a positive integer, stop_token_ids or stop_strings not a
+            list or tuple (a lone string is refused, not split into characters), a negative
+            or non-integer stop token, an empty stop string, drafts that are not a
+            DraftOptions, or min_confidence outside [0, 1].
+    """
+
     strategy: str = "standard"
     sampling: SamplingParams = SamplingParams()
     max_new_tokens: int = 64
@@ -58,6 +72,34 @@ class Request:
     # alternate only: emit the module's token unverified only when its top probability is at
     # least this; otherwise the base computes that position (0: the paper's alternate; 1: standard).
     min_confidence: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise GenerationError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        if not isinstance(self.sampling, SamplingParams):
+            raise GenerationError(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if self.stop_token_ids is not None:
+            if not isinstance(self.stop_token_ids, (list, tuple)):
+                raise GenerationError(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
+            if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
+                raise GenerationError(f"stop_token_ids must be non-negative integers, got {list(self.stop_token_ids)}")
+            object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if not isinstance(self.stop_strings, (list, tuple)):
+            raise GenerationError(f"stop_strings must be a list of strings, got {self.stop_strings!r} "
+                                  f"(write ({self.stop_strings!r},) for one)")
+        if not all(isinstance(s, str) and s for s in self.stop_strings):
+            raise GenerationError(f"stop strings must be non-empty strings, got {list(self.stop_strings)!r}")
+        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
+        if not isinstance(self.drafts, DraftOptions):
+            raise GenerationError(f"drafts must be a DraftOptions, got {type(self.drafts).__name__}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise GenerationError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -89,9 +131,11 @@ class Stats:
         return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
 
     @property
-    def decode_tokens_per_s(self) -> float:
-        """Tokens after each row's first, per second of decoding."""
-        return (self.generated_tokens - self.batch) / self.decode_seconds if self.decode_seconds else 0.0
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens after each row's first, per second of decoding; None when no row went past
+        its first token (nothing was decoded to time)."""
+        decoded = self.generated_tokens - self.batch
+        return decoded / self.decode_seconds if decoded > 0 and self.decode_seconds > 0 else None
 
 
 def check_request(prompts: list[list[int]], request: Request, max_seq_len: int, vocab_size: int) -> None:
@@ -102,22 +146,38 @@ def check_request(prompts: list[list[int]], request: Request, max_seq_len: int, 
             no room to generate within max_seq_len, a token id outside the vocabulary,
             verify with more than one prompt, or max_new_tokens < 1.
     """
-    if request.strategy not in STRATEGIES:
-        raise GenerationError(f"unknown strategy {request.strategy!r}; expected one of {STRATEGIES}")
     if not prompts:
         raise GenerationError("no prompts given")
     if request.strategy == "verify" and len(prompts) > 1:
         raise GenerationError("verify decodes one prompt at a time; use standard or alternate for a batch")
-    if not 0.0 <= request.min_confidence <= 1.0:
-        raise GenerationError(f"min_confidence must be in [0, 1], got {request.min_confidence}")
-    if request.max_new_tokens < 1:
-        raise GenerationError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
     for prompt in prompts:
         if not prompt:
             raise GenerationError("the prompt is empty")
+        if not all(_is_int(t) for t in prompt):
+            raise GenerationError("prompt token ids must be integers")
         if len(prompt) >= max_seq_len:
             raise GenerationError(f"the prompt has {len(prompt)} tokens; the maximum sequence length "
                                   f"is {max_seq_len}, leaving no room to generate")
         bad = [t for t in prompt if not 0 <= t < vocab_size]
         if bad:
             raise GenerationError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+
+
+# More intra-op threads than this many per core only slow decoding down (1000 threads on a
+# 2-core machine ran 4x slower than 2).
+THREADS_PER_CORE = 4
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a thread count outside 1 .. THREADS_PER_CORE x the machine's cores (None: the
+    backend's default, all cores).
+
+    Raises:
+        GenerationError: naming the allowed range and the machine's cores.
+    """
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if not _is_int(threads) or not 1 <= threads <= THREADS_PER_CORE * cores:
+        raise GenerationError(f"threads must be an integer in 1..{THREADS_PER_CORE * cores} "
+                              f"({THREADS_PER_CORE} per core; this machine has {cores}), got {threads!r}")

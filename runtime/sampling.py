@@ -15,6 +15,11 @@ import numpy as np
 from runtime.errors import SamplingError
 
 
+# Below this, logits / temperature overflows float64 (|logits| up to ~1e3 / 1e-300) and
+# the probabilities turn into NaN; such a temperature is greedy decoding in all but name.
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to turn logits into a token. temperature 0 means greedy; top_k 0 and top_p 1.0
@@ -26,12 +31,24 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        """Raises: SamplingError for a value of the wrong type or out of range (the CLI and
+        the Python API share this one check)."""
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SamplingError(f"{name} must be a number, got {value!r}")
         if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
             raise SamplingError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise SamplingError(f"top_k must be >= 0 (0 switches it off), got {self.top_k}")
+        if 0.0 < self.temperature < MIN_TEMPERATURE:
+            raise SamplingError(f"temperature {self.temperature:g} is too small to divide logits by "
+                                f"(probabilities overflow); use 0 for greedy or at least {MIN_TEMPERATURE:g}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
+            raise SamplingError(f"top_k must be an integer >= 0 (0 switches it off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
+                                      or not 0 <= self.seed < 2 ** 63):
+            raise SamplingError(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
 
     @property
     def greedy(self) -> bool:

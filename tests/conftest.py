@@ -127,3 +127,47 @@ def tiny_chat_checkpoint(tmp_path_factory):
     save_checkpoint(Checkpoint(tiny_model(seed=4), False, GenerationRecord(eos_token_ids=(95,), chat_template=template),
                                char_tokenizer_json()), out)
     return out
+
+
+def write_tiny_gguf(path: Path, overrides: dict | None = None, drop: tuple[str, ...] = (), seed: int = 4) -> Path:
+    """The tiny chat model as a LLaMA GGUF file (float32 tensors, a byte-level BPE vocabulary
+    of 96 tokens), with metadata `overrides` ({key: value}, written as uint32, float32 or
+    string by type) and the tensors named in `drop` left out."""
+    import gguf
+    import numpy as np
+
+    from recycle_export.gguf_import import TENSOR_NAMES
+
+    model = tiny_model(seed=seed).base
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    tokens = [chr(c) for c in range(33, 127)] + ["ab", "<|end|>"]  # 96 = the tiny vocabulary
+    metadata = {"llama.block_count": TINY["n_layers"], "llama.context_length": 64,
+                "llama.embedding_length": TINY["dim"], "llama.feed_forward_length": TINY["ffn_dim"],
+                "llama.attention.head_count": TINY["n_heads"], "llama.attention.head_count_kv": TINY["n_kv_heads"],
+                "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.rope.freq_base": 10000.0,
+                **(overrides or {})}
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_uint32(key, value)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(["a b"])
+    writer.add_token_types([1] * 95 + [3])
+    writer.add_eos_token_id(95)
+    writer.add_chat_template("{% for m in messages %}Q: {{ m['content'] }}\nA:{% endfor %}")
+    for gguf_name, ours in TENSOR_NAMES.items():
+        for i in range(TINY["n_layers"] if "{i}" in gguf_name else 1):
+            name = gguf_name.format(i=i)
+            if ours.format(i=i) in state and name not in drop:
+                writer.add_tensor(name, np.ascontiguousarray(state[ours.format(i=i)], dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

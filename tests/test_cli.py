@@ -126,3 +126,41 @@ def test_tensorrt_absent_gives_a_clear_error(tiny_artifacts):
     assert result.output.startswith("Error: TensorRT is not installed: pip install 'recycle-export[tensorrt]'")
     result = CliRunner().invoke(main, ["build", "--artifacts", str(tiny_artifacts), "--target", "ort-cuda"])
     assert result.exit_code == 1 and "needs CUDAExecutionProvider" in result.output
+
+
+def test_bench_without_matplotlib_writes_json_and_skips_the_chart(tiny_chat_checkpoint, tmp_path, monkeypatch):
+    import sys
+
+    export(tiny_chat_checkpoint, tmp_path / "art", ExportOptions(max_seq_len=128))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    result = CliRunner().invoke(main, ["bench", "--artifacts", str(tmp_path / "art"), "--repeats", "1",
+                                       "--max-new-tokens", "3", "--prompt", "hi", "--strategies", "standard",
+                                       "--json", str(tmp_path / "b.json"), "--chart", str(tmp_path / "b.png")])
+    assert result.exit_code == 0, result.output
+    assert "no chart: matplotlib is not installed" in result.output
+    assert json.loads((tmp_path / "b.json").read_text())["strategies"][0]["strategy"] == "standard"
+    assert not (tmp_path / "b.png").exists()
+
+
+def test_a_generation_with_nothing_decoded_has_no_decode_speed():
+    from runtime.request import Stats
+
+    assert Stats(generated_tokens=0, batch=1, decode_seconds=1e-6).decode_tokens_per_s is None
+    assert Stats(generated_tokens=1, batch=1, decode_seconds=1e-6).decode_tokens_per_s is None
+    assert Stats(generated_tokens=3, batch=1, decode_seconds=0.5).decode_tokens_per_s == 4.0
+
+
+def test_reimport_and_reexport_keep_a_users_file(tmp_path):
+    """import-gguf and export into folders that hold an earlier result plus a user's file."""
+    from tests.conftest import write_tiny_gguf
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    runner = CliRunner()
+    commands = {"ckpt": ["import-gguf", "--gguf", str(gguf), "--out", str(tmp_path / "ckpt")],
+                "art": ["export", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "art")]}
+    for folder, args in commands.items():
+        assert runner.invoke(main, args).exit_code == 0
+        (tmp_path / folder / "notes.txt").write_text("mine")
+        result = runner.invoke(main, args)  # again, into the folder with the user's file
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / folder / "notes.txt").read_text() == "mine"

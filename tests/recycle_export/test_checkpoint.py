@@ -98,7 +98,7 @@ def test_hf_directory_problems(tmp_path):
 
 def test_save_refuses_foreign_directory(tiny, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(CheckpointError, match="holds other files"):
+    with pytest.raises(CheckpointError, match="holds files this project did not write \(notes.txt\)"):
         save_checkpoint(Checkpoint(tiny, False), tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -156,3 +156,13 @@ def test_draft_vocabulary_scores_only_its_tokens_and_is_saved(tmp_path):
         save_file({**load_file(tmp_path / "module.safetensors"), "draft_tokens": bad}, tmp_path / "bad.safetensors")
         with pytest.raises(CheckpointError, match=message):
             attach_recycler(other, tmp_path / "bad.safetensors")
+
+
+def test_resave_keeps_the_users_files(tiny, tmp_path):
+    out = tmp_path / "ckpt"
+    save_checkpoint(Checkpoint(tiny, False), out)
+    (out / "notes.txt").write_text("mine")
+    (out / "my_results").mkdir()
+    save_checkpoint(Checkpoint(tiny, True), out)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "my_results").is_dir()
+    assert load_checkpoint(out).recycler_trained

@@ -130,7 +130,7 @@ def test_validation_failure_names_the_output(tiny_checkpoint, tmp_path, monkeypa
 
 def test_refuses_directory_with_unrelated_files(tiny_checkpoint, tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
-    with pytest.raises(ArtifactError, match="holds unrelated files"):
+    with pytest.raises(ArtifactError, match="holds files this project did not write \(thesis.tex\)"):
         export(tiny_checkpoint, tmp_path)
     assert (tmp_path / "thesis.tex").read_text() == "precious"
 
@@ -169,3 +169,23 @@ def test_reexport_replaces_earlier_export(tiny_checkpoint, tmp_path, monkeypatch
     assert json.loads((tmp_path / "art" / "manifest.json").read_text()) == first
     monkeypatch.undo()
     assert export(tiny_checkpoint, tmp_path / "art", ExportOptions(opset=18)).opset == 18
+
+
+def test_reexport_keeps_the_users_files_and_engines(tiny_checkpoint, tmp_path):
+    """Only the files the earlier manifest lists are replaced: notes, result folders and the
+    engines built inside the export stay (an engine of the earlier graphs is then refused by
+    its source hashes)."""
+    out = tmp_path / "art"
+    export(tiny_checkpoint, out, ExportOptions(external_data_bytes=0))
+    (out / "notes.txt").write_text("mine")
+    (out / "my_results").mkdir()
+    (out / "my_results" / "run1.json").write_text("{}")
+    (out / "engines" / "cpu-fp32").mkdir(parents=True)
+    (out / "engines" / "cpu-fp32" / "engine.json").write_text("{}")
+    manifest = export(tiny_checkpoint, out, ExportOptions(opset=18))
+    assert (out / "notes.txt").read_text() == "mine" and (out / "my_results" / "run1.json").is_file()
+    assert (out / "engines" / "cpu-fp32" / "engine.json").read_text() == "{}"
+    assert not (out / "full_step.onnx.data").exists()  # the earlier export's external data went with it
+    assert sorted(p.name for p in out.iterdir()) == sorted([*manifest.files, "manifest.json", "notes.txt",
+                                                            "my_results", "engines"])
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]

@@ -108,16 +108,16 @@ def test_kv_capacity_ends_with_length(generator):
 
 
 @pytest.mark.parametrize("prompt,request_,message", [
-    ([], Request(), "the prompt is empty"),
-    ([1] * 64, Request(), "maximum sequence length is 64"),
-    ([1, 96], Request(), r"token id 96 is outside the vocabulary \[0, 96\)"),
-    ([1], Request("fast"), "unknown strategy 'fast'"),
-    ([1], Request(max_new_tokens=0), "max_new_tokens must be >= 1"),
-    ([1], Request(stop_strings=("x",)), "stop strings need a tokenizer"),
+    ([], {}, "the prompt is empty"),
+    ([1] * 64, {}, "maximum sequence length is 64"),
+    ([1, 96], {}, r"token id 96 is outside the vocabulary \[0, 96\)"),
+    ([1], dict(strategy="fast"), "unknown strategy 'fast'"),
+    ([1], dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+    ([1], dict(stop_strings=("x",)), "stop strings need a tokenizer"),
 ])
 def test_bad_requests(generator, prompt, request_, message):
     with pytest.raises(GenerationError, match=message):
-        generator.generate(prompt, request_)
+        generator.generate(prompt, Request(**request_))
 
 
 def test_verify_refuses_a_batch(generator):
@@ -129,7 +129,7 @@ def test_verify_refuses_a_batch(generator):
     (dict(temperature=-1.0), "temperature must be a finite number >= 0"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
-    (dict(top_k=-2), "top_k must be >= 0"),
+    (dict(top_k=-2), "top_k must be an integer >= 0"),
 ])
 def test_invalid_sampling(kwargs, message):
     with pytest.raises(SamplingError, match=message):
@@ -146,11 +146,17 @@ def test_incompatible_artifacts(tiny_artifacts, tmp_path):
     (art / "manifest.json").write_text(json.dumps({**manifest, "kv": {**manifest["kv"], "contract": "fixed-kv-v9"}}))
     with pytest.raises(ArtifactError, match="KV contract 'fixed-kv-v9'"):
         Generator.from_artifacts(art)
-    # A graph swapped for another export's (hashes re-stamped, so only the contract check sees it).
+    # A graph swapped for another export's with its hash re-stamped in `files`: the hash its
+    # validation measured differs; with that dropped too, the contract check still sees it.
     from runtime.files import hash_files
 
     shutil.copy(art / "full_step.onnx", art / "recycle_step.onnx")
-    (art / "manifest.json").write_text(json.dumps({**manifest, "files": hash_files(art, skip=("manifest.json",))}))
+    files = hash_files(art, skip=("manifest.json",))
+    (art / "manifest.json").write_text(json.dumps({**manifest, "files": files}))
+    with pytest.raises(ArtifactError, match="field files gives recycle_step.onnx another sha256"):
+        Generator.from_artifacts(art)
+    validation = {k: v for k, v in manifest["validation"].items() if k != "sha256"}
+    (art / "manifest.json").write_text(json.dumps({**manifest, "files": files, "validation": validation}))
     with pytest.raises(ArtifactError, match="recycle_step: input 'hidden_states' is missing; re-run `cli.py export`"):
         Generator.from_artifacts(art)
     with pytest.raises(ArtifactError, match="has no manifest.json"):
