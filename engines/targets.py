@@ -31,7 +31,9 @@ class Target:
 # only for the parts whose tensor cores run them (fp8: Ada sm89 and Hopper sm90).
 TARGETS = {t.name: t for t in (
     Target("cpu", "onnxruntime", "any CPU: optimized float graphs, or weight-quantized int8 (dynamic) "
-           "and int4 (4-bit blocks of 32, MatMulNBits)", ("fp32", "int8", "int4"),
+           "and int4 (4-bit blocks of 32, MatMulNBits; a Q4_1 GGUF's own grids kept exactly) or int4-sym "
+           "(every weight re-quantized symmetrically: faster, as onnxruntime-genai does)",
+           ("fp32", "int8", "int4", "int4-sym"),
            "onnxruntime", providers=("CPUExecutionProvider",)),
     Target("ort-cuda", "onnxruntime", "NVIDIA GPU through onnxruntime-gpu's CUDA execution provider",
            ("as-exported",), "onnxruntime-gpu, CUDA 12, an NVIDIA GPU",

@@ -70,7 +70,7 @@ def test_plan_compatibility_checks(artifacts):
         check_part(TARGETS["orin"], {"name": "NVIDIA H100", "compute_capability": [9, 0]}, "fp16")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4", "int4-sym"])
 def test_cpu_builds_run_in_the_runtime(artifacts, precision):
     record = build(artifacts, "cpu", precision)
     folder = artifacts / "engines" / f"cpu-{precision}"
