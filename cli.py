@@ -466,8 +466,10 @@ def _check_output_file(path: str | None, option: str) -> None:
 @click.option("--engine", default=None, help="An engine built under the artifacts (`cli.py build`), e.g. cpu-int4; default: the exported graphs on the CPU.")
 @click.option("--threads", type=int, default=None)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
+@click.option("--gates", default="", help="Also measure alternate's confidence gate at these values "
+                                         "(comma-separated, e.g. 0,0.5,0.8,0.95): speedup against NLL cost.")
 @_task_set_options
-def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, json_path, task_set, kinds,
+def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, json_path, gates, task_set, kinds,
              per_kind) -> None:
     """Module quality on held-out prompts (or a task set's, per kind and overall): top-1
     agreement, verify acceptance, alternate's NLL cost."""
@@ -477,7 +479,8 @@ def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, js
     from tqdm import tqdm
 
     from runtime.errors import GenerationError
-    from runtime.evaluate import OVERALL, evaluate_by_group, table
+    from runtime.bench import text_table
+    from runtime.evaluate import OVERALL, evaluate_by_group, gate_curve, table
     from runtime.generator import Generator
     from runtime.files import write_text
     from runtime.prompts import prompts
@@ -490,6 +493,12 @@ def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, js
     if max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     _check_output_file(json_path, "--json")
+    try:
+        gate_values = tuple(float(g) for g in gates.split(",") if g.strip())
+    except ValueError:
+        raise GenerationError(f"--gates takes comma-separated numbers in [0, 1], got {gates!r}") from None
+    if any(not 0.0 <= g <= 1.0 for g in gate_values):
+        raise GenerationError(f"--gates values must be in [0, 1], got {gates!r}")
     generator = Generator.from_artifacts(artifacts, engine, threads)
     if task_set:
         ids, groups = _task_prompts(generator, task_set, kinds, per_kind, max_new_tokens)
@@ -508,10 +517,19 @@ def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, js
         click.echo(f"verify acceptance (greedy): {figures.verify_acceptance:.3f}")
         click.echo(f"NLL per token under the base: standard {figures.nll_standard:.4f}, alternate "
                    f"{figures.nll_alternate:.4f} ({figures.alternate_nll_increase:+.1%})")
+    curve = []
+    if gate_values:
+        with tqdm(total=len(ids), desc="gates", disable=None) as bar:
+            curve = gate_curve(generator, ids, gate_values, max_new_tokens, lambda done, total: bar.update(done - bar.n))
+        click.echo("alternate's confidence gate (generate --strategy alternate --min-confidence P):")
+        click.echo(text_table([("gate", "tokens per base call", "speedup", "NLL cost")] + [
+            (f"{p.gate:g}", f"{p.tokens_per_base_call:.2f}", f"{p.speedup:.2f}x", f"{p.nll_increase:+.1%}")
+            for p in curve]))
     if json_path:
         record = dataclasses.asdict(figures)
         if task_set:
             record = {**record, "task_set": task_set, "kinds": {k: dataclasses.asdict(e) for k, e in report.items()}}
+        record["gates"] = [dataclasses.asdict(p) for p in curve]
         write_text(Path(json_path), json.dumps(record, indent=2) + "\n")
 
 

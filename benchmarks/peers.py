@@ -238,6 +238,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--context", default="0", help="comma-separated prompt lengths; 0: the short chat prompt")
     parser.add_argument("--passage", default=str(PASSAGE), help="text that pads the prompt for --context")
+    parser.add_argument("--task-set", default=None,
+                        help="measure on a task set's prompts instead of --context (e.g. real), one column per prompt "
+                             "and their overall speed (total tokens / total time)")
+    parser.add_argument("--per-kind", type=int, default=1, help="with --task-set: prompts per kind")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if args.worker:
@@ -260,8 +264,17 @@ def main() -> None:
 
     load = {"before": os.getloadavg()}
     results, prompts, rows, shown = {}, {}, [], {}
+    if args.task_set:
+        from runtime.generator import Generator
+        from runtime.tasks import encode_task_set
+
+        encoded = encode_task_set(Generator.from_artifacts(args.artifacts, check_hashes=False), args.task_set,
+                                  per_kind=args.per_kind, max_new_tokens=args.max_new_tokens)
+        labels = [f"{kind} {i + 1}" for i, kind in enumerate(encoded.kinds)]
+        task_prompts = dict(zip(labels, encoded.prompts))
+        contexts = labels
     for context in contexts:
-        prompt = context_prompt(codec, context, Path(args.passage))
+        prompt = task_prompts[context] if args.task_set else context_prompt(codec, context, Path(args.passage))
         prompts[context] = len(prompt)
         print(f"context {context}: {len(prompt)} prompt tokens, {args.max_new_tokens} new", file=sys.stderr)
         rows_c = measure(decoders, prompt, args)
@@ -279,6 +292,11 @@ def main() -> None:
     print(f"\ndecode tokens/s, median of {math.ceil(args.runs / args.rounds) * args.rounds} runs in "
           f"{args.rounds} rounds, {args.max_new_tokens} new tokens, {args.threads} threads, prompt tokens "
           + ", ".join(f"ctx {c}: {n}" for c, n in prompts.items()))
+    if args.task_set:  # every prompt decodes the same number of tokens: overall = harmonic mean
+        results["overall"] = [{**r, "decode_tok_s": len(contexts) / sum(1 / next(
+            x["decode_tok_s"] for x in results[c] if (x["decoder"], x["strategy"]) == (r["decoder"], r["strategy"]))
+            for c in contexts), "min": float("nan"), "max": float("nan")} for r in results[contexts[0]]]
+        contexts = contexts + ["overall"]
     print(table(rows, contexts, results))
     for name, s in shown.items():
         print(f"\n{name}, first {len(s['tokens'])} tokens (context {contexts[0]}), its own tokenizer:\n  "

@@ -17,7 +17,7 @@ import numpy as np
 from runtime import contract as C
 from runtime.bench import text_table
 from runtime.generator import Generator
-from runtime.request import STRATEGIES, Request
+from runtime.request import STRATEGIES, DraftOptions, Request
 from runtime.kv import BASE, MODULE
 
 OVERALL = "overall"  # the group of every prompt in evaluate_by_group's report
@@ -93,11 +93,16 @@ class _Counts:
                           (nll_alt - nll_std) / nll_std if nll_std else float("nan"))
 
 
+# verify as a measure of the module: one module draft every step, whatever its confidence
+# (verify's defaults draft by prompt lookup, which says nothing of the module).
+MODULE_DRAFTS = DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0)
+
+
 def _count(gen: Generator, prompt: list[int], max_new_tokens: int) -> _Counts:
     counts = _Counts()
     answers = {}
     for strategy in STRATEGIES:
-        result = gen.generate(prompt, Request(strategy, max_new_tokens=max_new_tokens))
+        result = gen.generate(prompt, Request(strategy, max_new_tokens=max_new_tokens, drafts=MODULE_DRAFTS))
         answers[strategy] = result.tokens
         counts.proposed += result.stats.drafts_proposed
         counts.accepted += result.stats.drafts_accepted
@@ -135,6 +140,42 @@ def evaluate_by_group(gen: Generator, prompts: list[list[int]], groups: list[str
     report = {g: c.evaluation(sizes[g]) for g, c in sums.items()}
     report[OVERALL] = sum(sums.values(), _Counts()).evaluation(len(prompts))
     return report
+
+
+@dataclass
+class GatePoint:
+    """alternate at one confidence gate (Request.min_confidence), against standard."""
+
+    gate: float
+    tokens_per_base_call: float  # after the prefill; standard: 1
+    speedup: float  # decode tokens/s against standard's, same prompts, same sitting
+    nll_increase: float  # per-token NLL of its text under the base, relative to standard's
+
+
+def gate_curve(gen: Generator, prompts: list[list[int]], gates: tuple[float, ...], max_new_tokens: int = 64,
+               progress: Callable[[int, int], None] = lambda done, total: None) -> list[GatePoint]:
+    """Speed against quality cost of alternate's confidence gate, so a user can pick a point:
+    gate 0 is the paper's alternate, gate 1 standard. Raises: GenerationError for a bad prompt."""
+    sums = {g: [0.0, 0, 0, 0, 0.0] for g in (None, *gates)}  # NLL, tokens, decoded, base steps, seconds
+    for i, prompt in enumerate(prompts):
+        for gate in sums:
+            request = (Request("standard", max_new_tokens=max_new_tokens) if gate is None
+                       else Request("alternate", max_new_tokens=max_new_tokens, min_confidence=gate))
+            result = gen.generate(prompt, request)
+            nll, count = nll_per_token(gen, prompt, result.tokens) if result.tokens else (0.0, 0)
+            stats = result.stats
+            for k, v in enumerate((nll, count, stats.generated_tokens - 1, stats.base_calls - 1, stats.decode_seconds)):
+                sums[gate][k] += v
+        progress(i + 1, len(prompts))
+    nll_std, _, decoded_std, _, seconds_std = sums[None]
+    base_nll = nll_std / max(sums[None][1], 1)
+    points = []
+    for gate in gates:
+        nll, count, decoded, steps, seconds = sums[gate]
+        speed = decoded / seconds if seconds else float("nan")
+        points.append(GatePoint(gate, decoded / max(steps, 1), speed / (decoded_std / seconds_std) if seconds_std else
+                                float("nan"), (nll / max(count, 1) - base_nll) / base_nll if base_nll else float("nan")))
+    return points
 
 
 def table(report: dict[str, Evaluation]) -> str:

@@ -42,11 +42,13 @@ def test_eval_command_on_held_out_prompts_of_a_template_set(tiny_chat_checkpoint
     """`cli.py eval` encodes held-out prompts of the chosen set and prints its figures."""
     export(tiny_chat_checkpoint, tmp_path / "art", ExportOptions(max_seq_len=256))  # character tokens
     args = ["eval", "--artifacts", str(tmp_path / "art"), "--prompts", "2", "--max-new-tokens", "6",
-            "--template-set", "requests", "--json", str(tmp_path / "eval.json")]
+            "--template-set", "requests", "--json", str(tmp_path / "eval.json"), "--gates", "0,0.5,1"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "held-out prompts: 2 of the requests set" in result.output
-    assert json.loads((tmp_path / "eval.json").read_text())["prompts"] == 2
+    assert "alternate's confidence gate" in result.output
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["prompts"] == 2 and [g["gate"] for g in written["gates"]] == [0.0, 0.5, 1.0]
     result = CliRunner().invoke(main, args[:4] + ["99999"] + args[5:])
     assert result.exit_code == 1 and "--prompts must be in 1..408" in result.output
 

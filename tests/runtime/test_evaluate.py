@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from runtime.evaluate import evaluate, nll_per_token
+from runtime.evaluate import evaluate, gate_curve, nll_per_token
 from runtime.generator import Generator
 
 
@@ -31,3 +31,13 @@ def test_evaluation_figures(generator):
     assert figures.nll_standard > 0 and math.isfinite(figures.alternate_nll_increase)
     assert figures.alternate_nll_increase == pytest.approx(
         (figures.nll_alternate - figures.nll_standard) / figures.nll_standard)
+
+
+def test_gate_curve_spans_alternate_to_standard(generator):
+    """Gate 1 is standard (its text, one token per base call, no NLL cost); gate 0 is the
+    paper's alternate (about two tokens per base call)."""
+    alternate, standard = gate_curve(generator, [[5, 17, 3], [41, 9, 60, 2]], (0.0, 1.0), max_new_tokens=12)
+    assert standard.tokens_per_base_call == 1.0 and standard.nll_increase == 0.0
+    assert alternate.tokens_per_base_call > 1.5
+    assert alternate.speedup > 0 and standard.speedup > 0
+
