@@ -1,0 +1,79 @@
+"""verify's draft configurations side by side on a task set, per kind: how verify's defaults
+(runtime.request.DraftOptions) were chosen.
+
+    python benchmarks/verify_drafts.py --artifacts build/smollm2-onnx --engine cpu-fp32 \
+        [--task-set real] [--per-kind 2] [--max-new-tokens 64]
+
+Greedy, stop tokens off. For each prompt every configuration runs back to back (standard
+first), so drift hits all alike; speed is decoded tokens over decode seconds per kind, and
+the speedup is against standard on the same prompts. Also counts the prompts whose verify
+tokens differ from standard's: none on float engines; quantized kernels may round a
+near-tie differently when a position shares a step with drafts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime.generator import Generator  # noqa: E402
+from runtime.request import DraftOptions, Request  # noqa: E402
+from runtime.tasks import encode_task_set  # noqa: E402
+
+CONFIGS = {
+    "one module draft": DraftOptions(1, 0, True, 0.0),
+    "lookup n2 k3": DraftOptions(3, 2, False),
+    "lookup n2 k2": DraftOptions(2, 2, False),
+    "lookup n3 k3": DraftOptions(3, 3, False),
+    "lookup n2 k3 + module p0.5": DraftOptions(3, 2, True, 0.5),
+    "lookup n2 k3 + module p0.9": DraftOptions(3, 2, True, 0.9),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifacts", required=True)
+    parser.add_argument("--engine", default=None)
+    parser.add_argument("--task-set", default="real")
+    parser.add_argument("--per-kind", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    gen = Generator.from_artifacts(args.artifacts, args.engine, args.threads)
+    tasks = encode_task_set(gen, args.task_set, per_kind=args.per_kind, max_new_tokens=args.max_new_tokens)
+    requests = {"standard": Request("standard", max_new_tokens=args.max_new_tokens, stop_token_ids=())}
+    requests.update({name: Request("verify", max_new_tokens=args.max_new_tokens, stop_token_ids=(), drafts=d)
+                     for name, d in CONFIGS.items()})
+    gen.generate(tasks.prompts[0], Request(max_new_tokens=4))  # warm-up
+    decoded, seconds, steps = (defaultdict(lambda: defaultdict(float)) for _ in range(3))
+    differ: dict[str, int] = defaultdict(int)
+    for prompt, kind in zip(tasks.prompts, tasks.kinds):
+        reference = None
+        for name, request in requests.items():
+            result = gen.generate(prompt, request)
+            reference = result.tokens if reference is None else reference
+            differ[name] += result.tokens != reference
+            for group in (kind, "overall"):
+                decoded[name][group] += result.stats.generated_tokens - 1
+                seconds[name][group] += result.stats.decode_seconds
+                steps[name][group] += result.stats.base_calls - 1
+    groups = list(dict.fromkeys(tasks.kinds)) + ["overall"]
+    print(f"{args.engine or 'exported graphs'}, {len(tasks.prompts)} prompts, {args.max_new_tokens} new tokens; "
+          "decode tok/s and speedup over standard per kind")
+    print("configuration".ljust(28) + "".join(g[:13].rjust(15) for g in groups) + "  tokens/step  differ")
+    for name in requests:
+        cells = []
+        for g in groups:
+            speed = decoded[name][g] / seconds[name][g]
+            base = decoded["standard"][g] / seconds["standard"][g]
+            cells.append((f"{speed:5.0f}" if name == "standard" else f"{speed:5.0f} {speed / base:4.2f}x").rjust(15))
+        per_step = decoded[name]["overall"] / max(steps[name]["overall"], 1)
+        print(name.ljust(28) + "".join(cells) + f"  {per_step:11.2f}  {differ[name]:6d}")
+
+
+if __name__ == "__main__":
+    main()
