@@ -27,8 +27,13 @@ class Target:
         return f"{self.name}-{precision}"
 
 
-# int8/fp8 on TensorRT need an explicitly quantized (Q/DQ) graph; the presets list them
-# only for the parts whose tensor cores run them (fp8: Ada sm89 and Hopper sm90).
+# TensorRT precision -> the export dtype it builds from. Every plan is a strongly typed
+# network (the only mode TensorRT 11 has; opt-in since 10.0): its precision is the graph's,
+# never a builder flag. fp16 needs a float16 export; int8 and fp8 need a float16 graph with
+# Q/DQ nodes of that type (NVIDIA ModelOpt), offered only on the parts whose tensor cores run
+# them (fp8: Ada sm89 and Hopper sm90). bf16 is not offered: the exporter writes no bfloat16
+# graphs (ONNX Runtime's CPU provider could not validate them).
+TENSORRT_EXPORT_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "float16", "fp8": "float16"}
 TARGETS = {t.name: t for t in (
     Target("cpu", "onnxruntime", "any CPU: optimized float graphs, or weight-quantized int8 (dynamic) "
            "and int4 (4-bit blocks of 32, MatMulNBits; a Q4_1 GGUF's own grids kept exactly) or int4-sym "
@@ -47,11 +52,11 @@ TARGETS = {t.name: t for t in (
     Target("orin", "tensorrt", "NVIDIA Jetson Orin (Ampere iGPU, sm87)", ("fp16", "fp32", "int8"),
            "JetPack 6 (TensorRT 10), cuda-python, a Jetson Orin", compute_capabilities=((8, 7),)),
     Target("ampere", "tensorrt", "NVIDIA Ampere datacenter/workstation (A100 sm80, A10/A40/RTX 30 sm86)",
-           ("fp16", "fp32", "bf16", "int8"), "tensorrt>=10, cuda-python, an Ampere GPU",
+           ("fp16", "fp32", "int8"), "tensorrt>=10, cuda-python, an Ampere GPU",
            compute_capabilities=((8, 0), (8, 6))),
-    Target("ada", "tensorrt", "NVIDIA Ada (L4, L40S, RTX 40, sm89)", ("fp16", "fp32", "bf16", "int8", "fp8"),
+    Target("ada", "tensorrt", "NVIDIA Ada (L4, L40S, RTX 40, sm89)", ("fp16", "fp32", "int8", "fp8"),
            "tensorrt>=10, cuda-python, an Ada GPU", compute_capabilities=((8, 9),)),
-    Target("hopper", "tensorrt", "NVIDIA Hopper (H100, H200, sm90)", ("fp16", "fp32", "bf16", "int8", "fp8"),
+    Target("hopper", "tensorrt", "NVIDIA Hopper (H100, H200, sm90)", ("fp16", "fp32", "int8", "fp8"),
            "tensorrt>=10, cuda-python, a Hopper GPU", compute_capabilities=((9, 0),)),
 )}
 
