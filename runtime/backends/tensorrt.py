@@ -34,7 +34,9 @@ def import_tensorrt():
         import tensorrt as trt
     except ImportError:
         raise DeviceError("TensorRT is not installed: pip install 'recycle-export[tensorrt]' "
-                               "on a machine with an NVIDIA GPU (JetPack 6 on a Jetson)") from None
+                          "on a machine with an NVIDIA GPU and a CUDA 12 driver ([tensorrt-cu13] for CUDA 13; "
+                          "on a Jetson, JetPack 6's TensorRT and [jetson]); `cli.py build --list-targets` "
+                          "says which each target needs") from None
     if int(trt.__version__.split(".")[0]) < 10:
         raise DeviceError(f"TensorRT {trt.__version__} found; the builder needs TensorRT 10 or newer")
     return trt
