@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from engines.graph_checks import float16_hazards, load_structure
 from engines.profiles import Profile, derive_profiles, profiles_json
 from engines.targets import TENSORRT_EXPORT_DTYPES, Target
 from runtime import contract as C
@@ -54,6 +55,16 @@ def check_export_dtype(artifacts: Artifacts, target: Target, precision: str) -> 
             f"{target.engine_name(precision)} needs a {wanted} export, but {artifacts.folder} is {dtype}: "
             "TensorRT builds strongly typed networks, whose precision is the graph's (TensorRT 11 has no "
             f"precision flags); re-run `cli.py export --dtype {wanted}` into another folder and build from it")
+
+
+def check_float16_graph(path: Path) -> None:
+    """Raises: EngineBuildError when a float16 graph would overflow as TensorRT types it
+    (a norm, softmax or rotary op on float16 inputs, a constant float16 cannot hold)."""
+    hazards = float16_hazards(load_structure(path))
+    if hazards:
+        more = f" (and {len(hazards) - 3} more)" if len(hazards) > 3 else ""
+        raise EngineBuildError(f"{path.name} is not safe to run in float16 as typed: " + "; ".join(hazards[:3])
+                               + more + "; re-export it with this version of `cli.py export --dtype float16`")
 
 
 def quantized_types(path: Path) -> set[str]:
@@ -182,12 +193,15 @@ def build_plans(artifacts: Artifacts, target: Target, precision: str, out: Path,
 
     Raises:
         DeviceError: no TensorRT, cuda-python or GPU, or a CUDA call fails.
-        EngineBuildError: the export's dtype is not the precision's; the GPU is not the
+        EngineBuildError: the export's dtype is not the precision's; a float16 graph computes
+            a norm, softmax or rotary op in float16 or holds a constant float16 cannot; the GPU is not the
             target's part; a parser or builder error (all messages included); int8/fp8
             without Q/DQ nodes of that type.
     """
     check_export_dtype(artifacts, target, precision)
     for name in C.graphs(artifacts.dims):
+        if artifacts.dims.dtype == "float16":
+            check_float16_graph(artifacts.graph_path(name))
         check_quantization(precision, artifacts.graph_path(name))
     trt = import_tensorrt()
     device = device_properties(0)

@@ -19,6 +19,10 @@ KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each (B, H_kv, T, D)
 # The logit of a token outside the module's draft vocabulary: the lowest float16 value, so
 # that it stays finite in every engine precision and no sampler or argmax ever picks it.
 MASKED_LOGIT = -65504.0
+# The attention bias of a masked key: float16's lowest value, not float32's (-3.4e38 becomes -inf in
+# float16, and a fully masked row, a left-padding query, then gives NaN that spreads). It is
+# added to float32 scores, so the sum stays finite however an engine types the add's inputs.
+MASKED_SCORE = -65504.0
 
 
 @dataclass
@@ -35,14 +39,19 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 as LLaMA does, whatever the activation dtype.
+        # Normalise in float32 as LLaMA does, whatever the activation dtype: x^2 overflows
+        # float16 past |x| = 256 (SmolLM2's residual stream reaches ~25,000).
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
 
 
 def rotary(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> KV:
-    """cos and sin tables for the given positions: (B, T) -> two (B, 1, T, D)."""
+    """cos and sin tables for the given positions: (B, T) -> two (B, 1, T, D).
+
+    The angles (position x frequency, up to thousands of radians) and their cos and sin are
+    float32 whatever the model's dtype: float16 keeps 11 bits, so an angle near 4,000 rad
+    would be off by a whole radian. Only the tables, within [-1, 1], are cast."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = position_ids.float()[..., None] * inv_freq  # (B, T, D/2)
     angles = torch.cat([angles, angles], dim=-1)  # (B, T, D)
@@ -59,9 +68,9 @@ def attention_bias(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
     """Additive float32 mask (B, 1, T_new, S) from the padding mask (B, S), S = past + new.
 
     Query i (cache index S - new + i) sees key k when k <= S - new + i and key k is real.
-    Masked entries get float32's most negative value, not -inf, so a padding query whose
-    row is fully masked yields a uniform (finite, unused) distribution instead of NaN; the
-    scores are float32 when it is added, so float16 models cannot overflow to -inf.
+    Masked entries get MASKED_SCORE, finite in every precision, not -inf, so a padding query
+    whose row is fully masked yields a finite (unused) distribution instead of NaN; the scores
+    are float32 when it is added, so exp() of a masked entry is exactly 0 beside a real one.
     """
     total = attention_mask.shape[-1]
     key_index = torch.arange(total, device=attention_mask.device)  # (S,)
@@ -69,7 +78,7 @@ def attention_bias(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
     causal = key_index[None, :] <= query_index[:, None]  # (T_new, S)
     allowed = causal[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, T_new, S)
     zero = torch.zeros((), dtype=torch.float32)
-    return torch.where(allowed, zero, torch.finfo(torch.float32).min)
+    return torch.where(allowed, zero, MASKED_SCORE)
 
 
 class Attention(nn.Module):
@@ -92,6 +101,7 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         k_full = k.repeat_interleave(group, dim=1)  # (B, H, S, D)
         v_full = v.repeat_interleave(group, dim=1)  # (B, H, S, D)
+        # Scaled, masked and normalised in float32: float16 graphs keep the softmax exact.
         scores = (q @ k_full.transpose(-1, -2)).float() * self.head_dim ** -0.5 + bias  # (B, H, T, S)
         out = torch.softmax(scores, dim=-1).to(q.dtype) @ v_full  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, H*D)
