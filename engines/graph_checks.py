@@ -79,3 +79,32 @@ def float32_islands(proto) -> dict[str, int]:
         if node.op_type in counts and types.get(node.input[0]) == TensorProto.FLOAT:
             counts[node.op_type] += 1
     return counts
+
+
+def tensorrt_op_problems(proto) -> list[str]:
+    """What TensorRT's ONNX parser would refuse (engines/onnx_tensorrt_ops.py): an opset
+    outside its range, an op it lacks, an input element type it does not take, a non-constant
+    input that must be one. Empty when every node is importable. `proto`: types inferred."""
+    from onnx import TensorProto
+
+    from engines.onnx_tensorrt_ops import CONSTANT_INPUTS, OPERATORS, OPSETS, SOURCE, TYPE_NAMES
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    problems = [] if opset in OPSETS else [f"opset {opset} is outside {OPSETS.start}..{OPSETS.stop - 1}"]
+    types = element_types(proto)
+    constants = {t.name for t in proto.graph.initializer}
+    constants |= {n.output[0] for n in proto.graph.node if n.op_type == "Constant"}
+    for node in proto.graph.node:
+        where = f"{node.op_type} node {node.name or node.output[0]!r}"
+        if node.op_type not in OPERATORS:
+            problems.append(f"{where}: not in TensorRT's ONNX operators ({SOURCE})")
+            continue
+        data = node.input[1] if node.op_type == "Where" else (node.input[0] if node.input else None)
+        if data:
+            name = TYPE_NAMES.get(types.get(data), TensorProto.DataType.Name(types.get(data, 0)))
+            if name not in OPERATORS[node.op_type]:
+                problems.append(f"{where}: takes {name}; TensorRT's importer takes {', '.join(OPERATORS[node.op_type])}")
+        index = CONSTANT_INPUTS.get(node.op_type)
+        if index is not None and len(node.input) > index and node.input[index] and node.input[index] not in constants:
+            problems.append(f"{where}: input {index} must be a constant for TensorRT")
+    return problems

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from engines.graph_checks import float16_hazards, load_structure
+from engines.graph_checks import float16_hazards, load_structure, tensorrt_op_problems
 from engines.profiles import Profile, derive_profiles, profiles_json
 from engines.targets import TENSORRT_EXPORT_DTYPES, Target
 from runtime import contract as C
@@ -57,10 +57,16 @@ def check_export_dtype(artifacts: Artifacts, target: Target, precision: str) -> 
             f"precision flags); re-run `cli.py export --dtype {wanted}` into another folder and build from it")
 
 
-def check_float16_graph(path: Path) -> None:
-    """Raises: EngineBuildError when a float16 graph would overflow as TensorRT types it
-    (a norm, softmax or rotary op on float16 inputs, a constant float16 cannot hold)."""
-    hazards = float16_hazards(load_structure(path))
+def check_graph(path: Path, dtype: str) -> None:
+    """Raises: EngineBuildError when TensorRT's ONNX parser would refuse a node of the graph
+    (op, input type, opset), or when a float16 graph would overflow as TensorRT types it (a
+    norm, softmax or rotary op on float16 inputs, a constant float16 cannot hold)."""
+    structure = load_structure(path)
+    problems = tensorrt_op_problems(structure)
+    if problems:
+        raise EngineBuildError(f"TensorRT's ONNX parser cannot import {path.name}: " + "; ".join(problems[:3])
+                               + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
+    hazards = float16_hazards(structure) if dtype == "float16" else []
     if hazards:
         more = f" (and {len(hazards) - 3} more)" if len(hazards) > 3 else ""
         raise EngineBuildError(f"{path.name} is not safe to run in float16 as typed: " + "; ".join(hazards[:3])
@@ -193,15 +199,15 @@ def build_plans(artifacts: Artifacts, target: Target, precision: str, out: Path,
 
     Raises:
         DeviceError: no TensorRT, cuda-python or GPU, or a CUDA call fails.
-        EngineBuildError: the export's dtype is not the precision's; a float16 graph computes
-            a norm, softmax or rotary op in float16 or holds a constant float16 cannot; the GPU is not the
+        EngineBuildError: the export's dtype is not the precision's; a node TensorRT's ONNX
+            parser cannot import; a float16 graph computes a norm, softmax or rotary op in
+            float16 or holds a constant float16 cannot; the GPU is not the
             target's part; a parser or builder error (all messages included); int8/fp8
             without Q/DQ nodes of that type.
     """
     check_export_dtype(artifacts, target, precision)
     for name in C.graphs(artifacts.dims):
-        if artifacts.dims.dtype == "float16":
-            check_float16_graph(artifacts.graph_path(name))
+        check_graph(artifacts.graph_path(name), artifacts.dims.dtype)
         check_quantization(precision, artifacts.graph_path(name))
     trt = import_tensorrt()
     device = device_properties(0)

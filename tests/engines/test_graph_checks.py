@@ -167,3 +167,49 @@ def test_float16_graph_computed_in_float16_stays_right(tmp_path, monkeypatch):
     assert naive.validation["passed"]  # under ONNX Runtime (CPU), which computes that Pow in float32
     assert errors(tmp_path / "naive") > 0.1
     assert any("Pow node" in h for h in float16_hazards(load_structure(tmp_path / "naive" / "full_step.onnx")))
+
+
+@pytest.mark.parametrize("graph", ["full_step", "recycle_step"])
+def test_op_inventory_is_what_tensorrts_parser_imports(tiny_artifacts, tiny_fp16_artifacts, graph):
+    from engines.graph_checks import tensorrt_op_problems
+
+    for folder in (tiny_artifacts, tiny_fp16_artifacts):
+        assert tensorrt_op_problems(load_structure(folder / f"{graph}.onnx")) == []
+
+
+def test_op_inventory_problems_are_named(tmp_path):
+    from engines.graph_checks import tensorrt_op_problems
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    axes = helper.make_tensor_value_info("axes", TensorProto.INT64, [1])
+    nodes = [helper.make_node("Unsqueeze", ["x", "axes"], ["u"], name="u"),
+             helper.make_node("BitShift", ["u", "u"], ["b"], name="shift"),
+             helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE),
+             helper.make_node("Softmax", ["d"], ["y"], name="soft")]
+    graph = helper.make_graph(nodes, "g", [x, axes], [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(tmp_path / "g.onnx"))
+    problems = tensorrt_op_problems(load_structure(tmp_path / "g.onnx"))
+    assert problems[0] == "opset 21 is outside 9..20"
+    assert "Unsqueeze node 'u': input 1 must be a constant for TensorRT" in problems
+    assert any(p.startswith("BitShift node 'shift': not in TensorRT's ONNX operators") for p in problems)
+    assert "Softmax node 'soft': takes DOUBLE; TensorRT's importer takes FP32, FP16, BF16" in problems
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_io_element_types_per_precision(tiny_artifacts, tiny_fp16_artifacts, precision):
+    """What each TensorRT precision's plan binds: the export's float type for every float I/O
+    (KV included: no reformatting at the plan's edges), int64 for ids, positions, mask and
+    num_logits."""
+    from engines.targets import TENSORRT_EXPORT_DTYPES
+    from runtime.artifacts import Artifacts
+
+    dtype = TENSORRT_EXPORT_DTYPES[precision]
+    folder = tiny_fp16_artifacts if dtype == "float16" else tiny_artifacts
+    dims = Artifacts.load(folder).dims
+    assert dims.dtype == dtype
+    for graph, spec in C.graphs(dims).items():
+        model = onnx.load(str(folder / f"{graph}.onnx"), load_external_data=False)
+        found = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+                 for v in (*model.graph.input, *model.graph.output)}
+        ints = {C.INPUT_IDS, C.POSITION_IDS, C.ATTENTION_MASK, C.NUM_LOGITS_INPUT}
+        assert found == {t.name: "int64" if t.name in ints else dtype for t in (*spec.inputs, *spec.outputs)}
