@@ -6,7 +6,7 @@ contiguous) into the other; committing swaps the two, so no KV byte crosses the 
 and nothing is copied between steps. Only token ids, positions and masks go up, and
 logits and hidden states come down. tensorrt and cuda-python are imported lazily.
 
-Written against TensorRT 10; not run in this repository's CI (no GPU there):
+Written against TensorRT 10 and 11 (the calls it makes exist in both); not run in this repository's CI (no GPU there):
 benchmarks/tensorrt_gpu.py checks it against the ONNX Runtime CPU run on a GPU machine.
 """
 
