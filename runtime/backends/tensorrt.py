@@ -6,8 +6,9 @@ contiguous) into the other; committing swaps the two, so no KV byte crosses the 
 and nothing is copied between steps. Only token ids, positions and masks go up, and
 logits and hidden states come down. tensorrt and cuda-python are imported lazily.
 
-Written against TensorRT 10 and 11 (the calls it makes exist in both); not run in this repository's CI (no GPU there):
-benchmarks/tensorrt_gpu.py checks it against the ONNX Runtime CPU run on a GPU machine.
+Written against TensorRT 10 and 11 (every call it makes is in both majors' Python bindings);
+not run in this repository's CI (no GPU there): benchmarks/tensorrt_gpu.py checks it against
+the ONNX Runtime CPU run on a GPU machine.
 """
 
 from __future__ import annotations
