@@ -102,8 +102,9 @@ def tensorrt_op_problems(proto) -> list[str]:
         data = node.input[1] if node.op_type == "Where" else (node.input[0] if node.input else None)
         if data:
             name = TYPE_NAMES.get(types.get(data), TensorProto.DataType.Name(types.get(data, 0)))
-            if name not in OPERATORS[node.op_type]:
-                problems.append(f"{where}: takes {name}; TensorRT's importer takes {', '.join(OPERATORS[node.op_type])}")
+            supported = OPERATORS[node.op_type]
+            if name not in supported:
+                problems.append(f"{where}: takes {name}; TensorRT's importer takes {', '.join(supported)}")
         index = CONSTANT_INPUTS.get(node.op_type)
         if index is not None and len(node.input) > index and node.input[index] and node.input[index] not in constants:
             problems.append(f"{where}: input {index} must be a constant for TensorRT")

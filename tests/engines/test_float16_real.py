@@ -41,8 +41,8 @@ def test_smollm_float16_graph_is_right_in_float16(smollm_fp16, smollm_artifacts)
     n = len(ids)
 
     def feeds(dtype):
-        f = {C.INPUT_IDS: np.array([ids]), C.POSITION_IDS: np.arange(n)[None], C.ATTENTION_MASK: np.ones((1, n), np.int64),
-             C.NUM_LOGITS_INPUT: np.array([n])}
+        f = {C.INPUT_IDS: np.array([ids]), C.POSITION_IDS: np.arange(n)[None],
+             C.ATTENTION_MASK: np.ones((1, n), np.int64), C.NUM_LOGITS_INPUT: np.array([n])}
         f.update({t.name: np.zeros((1, dims.n_kv_heads, 0, dims.head_dim), dtype)
                   for t in C.full_step(dims).inputs if t.name.startswith("past_key_values.")})
         return f
