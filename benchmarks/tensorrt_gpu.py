@@ -1,12 +1,16 @@
-"""On a machine with an NVIDIA GPU, TensorRT 10 and cuda-python: build both plans for this
-GPU, check the runtime's tokens on them against the ONNX Runtime CPU run, and print each
-strategy's decode tokens/s.
+"""On a machine with an NVIDIA GPU, TensorRT 10 or 11 and cuda-python (the extra that
+`cli.py build --list-targets` names for this GPU): build both plans for this GPU, check the
+runtime's tokens on them against the ONNX Runtime CPU run of the same export, and print
+each strategy's decode tokens/s.
 
-    python benchmarks/tensorrt_gpu.py --artifacts build/smollm2-onnx [--precision fp16]
+    python cli.py export --model build/smollm2 --out build/smollm2-fp16 --dtype float16
+    python benchmarks/tensorrt_gpu.py --artifacts build/smollm2-fp16 --precision fp16
+    python benchmarks/tensorrt_gpu.py --artifacts build/smollm2-onnx --precision fp32
 
-A float32 build should give the CPU run's greedy tokens exactly; fp16 may part ways
-after a near-tie, so its figure is how many tokens agree before the first difference.
-Not run in this repository's CI (no GPU or TensorRT there).
+Each precision builds from the export of its dtype (plans are strongly typed: fp16 needs a
+float16 export). A float32 build (TF32 cleared) should give the CPU run's greedy tokens
+exactly; fp16 may part ways after a near-tie, so its figure is how many tokens agree before
+the first difference. Not run in this repository's CI (no GPU or TensorRT there).
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
-"""TensorRT plans per target GPU (written against the TensorRT 10 Python API).
+"""TensorRT plans per target GPU, for TensorRT 10 (JetPack 6 ships 10.3) and TensorRT 11.
 
-One plan per graph, built for the GPU it will run on: precision from the target preset,
-two optimization profiles derived from the contract (engines/profiles.py), a timing cache
-reused across builds, every boolean the API returns checked, every parser error reported,
-plans and cache written atomically. Nothing here has run in this repository's CI (no GPU
-there); benchmarks/tensorrt_gpu.py is the end-to-end check to run on a GPU machine.
+One plan per graph, built for the GPU it will run on, as a strongly typed network: the
+precision is the exported graph's (a float16 export for fp16 plans; RMSNorm reductions,
+softmax and rotary angles stay float32 inside it), so no precision builder flag is ever
+looked up (TensorRT 11 removed FP16, BF16, INT8 and FP8 with weak typing). fp32 plans clear
+TF32, so they compute what the CPU does. Two optimization profiles derived from the contract
+(engines/profiles.py), a timing cache reused across builds, every value the API returns
+checked (and the RuntimeErrors its Python bindings raise instead turned into one clear
+error), every parser error reported, plans and cache written atomically.
+tests/engines/test_tensorrt_fake.py runs this against stand-ins of both majors' Python APIs;
+benchmarks/tensorrt_gpu.py is the end-to-end check on a GPU machine.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from engines.profiles import derive_profiles, profiles_json
-from engines.targets import Target
+from engines.graph_checks import float16_hazards, load_structure, tensorrt_op_problems
+from engines.profiles import Profile, derive_profiles, profiles_json
+from engines.targets import TENSORRT_EXPORT_DTYPES, Target
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.backends.tensorrt import import_tensorrt, make_logger
@@ -27,6 +33,8 @@ log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 4 << 30
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "recycle-export" / "tensorrt.timing-cache"
+# The element type a QuantizeLinear node produces, per quantized precision (ONNX names).
+QUANTIZED_TYPES = {"int8": "INT8", "fp8": "FLOAT8E4M3FN"}
 
 
 def check_part(target: Target, device: dict, precision: str) -> None:
@@ -39,59 +47,168 @@ def check_part(target: Target, device: dict, precision: str) -> None:
                                "build on the target device")
 
 
+def check_export_dtype(artifacts: Artifacts, target: Target, precision: str) -> None:
+    """Raises: EngineBuildError when the export's dtype is not the one `precision` builds from."""
+    wanted, dtype = TENSORRT_EXPORT_DTYPES[precision], artifacts.dims.dtype
+    if dtype != wanted:
+        raise EngineBuildError(
+            f"{target.engine_name(precision)} needs a {wanted} export, but {artifacts.folder} is {dtype}: "
+            "TensorRT builds strongly typed networks, whose precision is the graph's (TensorRT 11 has no "
+            f"precision flags); re-run `cli.py export --dtype {wanted}` into another folder and build from it")
+
+
+def check_graph(path: Path, dtype: str) -> None:
+    """Raises: EngineBuildError when TensorRT's ONNX parser would refuse a node of the graph
+    (op, input type, opset), or when a float16 graph would overflow as TensorRT types it (a
+    norm, softmax or rotary op on float16 inputs, a constant float16 cannot hold)."""
+    structure = load_structure(path)
+    problems = tensorrt_op_problems(structure)
+    if problems:
+        raise EngineBuildError(f"TensorRT's ONNX parser cannot import {path.name}: " + "; ".join(problems[:3])
+                               + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""))
+    hazards = float16_hazards(structure) if dtype == "float16" else []
+    if hazards:
+        more = f" (and {len(hazards) - 3} more)" if len(hazards) > 3 else ""
+        raise EngineBuildError(f"{path.name} is not safe to run in float16 as typed: " + "; ".join(hazards[:3])
+                               + more + "; re-export it with this version of `cli.py export --dtype float16`")
+
+
+def quantized_types(path: Path) -> set[str]:
+    """The element types (ONNX names) the QuantizeLinear nodes of the graph at `path` produce."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    zero_points = {t.name: t.data_type for t in graph.initializer}
+    types = set()
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear":
+            continue
+        attr = {a.name: a.i for a in node.attribute}
+        if attr.get("output_dtype"):  # opset 21
+            code = attr["output_dtype"]
+        elif len(node.input) > 2 and node.input[2] in zero_points:
+            code = zero_points[node.input[2]]
+        else:
+            code = onnx.TensorProto.UINT8  # QuantizeLinear's default
+        types.add(onnx.TensorProto.DataType.Name(code))
+    return types
+
+
+def check_quantization(precision: str, path: Path) -> None:
+    """Raises: EngineBuildError when an int8/fp8 build's graph has no Q/DQ nodes of that type."""
+    if precision not in QUANTIZED_TYPES:
+        return
+    wanted, found = QUANTIZED_TYPES[precision], quantized_types(path)
+    if wanted not in found:
+        have = f"its QuantizeLinear nodes produce {', '.join(sorted(found))}" if found else "it has no Q/DQ nodes"
+        raise EngineBuildError(f"{precision} needs a graph explicitly quantized to {wanted} (Q/DQ nodes, e.g. "
+                               f"from NVIDIA ModelOpt), but {path.name} is not: {have}; build fp16 instead")
+
+
+def network_flags(trt) -> int:
+    """create_network's flags: STRONGLY_TYPED (TensorRT 10; accepted and ignored by 11, where
+    every network is strongly typed).
+
+    Raises: EngineBuildError for a TensorRT 10 without the flag."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if flag is not None:
+        return 1 << int(flag)
+    if _major(trt) >= 11:
+        return 0
+    raise EngineBuildError(f"TensorRT {trt.__version__} cannot build strongly typed networks; install 10.0 or newer")
+
+
+def _major(trt) -> int:
+    return int(trt.__version__.split(".")[0])
+
+
 def _parse(trt, builder, logger, path: Path):
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = builder.create_network(network_flags(trt))
+    if network is None:
+        raise EngineBuildError("TensorRT could not create a network: " + "; ".join(logger.errors))
     parser = trt.OnnxParser(network, logger)
+    if parser is None:
+        raise EngineBuildError("TensorRT could not create an ONNX parser: " + "; ".join(logger.errors))
     if not parser.parse_from_file(str(path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EngineBuildError(f"TensorRT cannot parse {path.name}:\n  " + "\n  ".join(errors or logger.errors))
     return network, parser
 
 
-def _has_quantize_layers(trt, network) -> bool:
-    return any(network.get_layer(i).type == trt.LayerType.QUANTIZE for i in range(network.num_layers))
+def check_network_io(network, spec: C.GraphContract) -> None:
+    """The parsed network's inputs and outputs have the contract's names and element types
+    (float16 KV for a float16 export: no reformatting at the plan's edges).
+
+    Raises: EngineBuildError naming the tensor, what was expected and what came."""
+    expected = {t.name: t.dtype for t in (*spec.inputs, *spec.outputs)}
+    tensors = [network.get_input(i) for i in range(network.num_inputs)]
+    tensors += [network.get_output(i) for i in range(network.num_outputs)]
+    found = {t.name: C.dtype_name(t.dtype, "tensorrt") for t in tensors}
+    if set(found) != set(expected):
+        raise EngineBuildError(f"{spec.name}: TensorRT's network has tensors {sorted(found)}, the contract "
+                               f"{sorted(expected)}; re-run `cli.py export`")
+    for name, dtype in found.items():
+        if dtype != expected[name]:
+            raise EngineBuildError(f"{spec.name}: TensorRT typed {name!r} as {dtype}, the contract says "
+                                   f"{expected[name]}")
+
+
+def _add_profile(builder, config, network, spec: C.GraphContract, profile: Profile) -> None:
+    shape_inputs = {network.get_input(i).name for i in range(network.num_inputs)
+                    if network.get_input(i).is_shape_tensor}
+    trt_profile = builder.create_optimization_profile()
+    if trt_profile is None:
+        raise EngineBuildError(f"{spec.name}: TensorRT could not create an optimization profile")
+    for name, (lo, opt, hi) in profile.shapes.items():
+        try:  # the bindings raise RuntimeError where the C++ API returns false
+            trt_profile.set_shape(name, lo, opt, hi)
+            if name in shape_inputs:
+                trt_profile.set_shape_input(name, *profile.values[name])
+        except RuntimeError as e:
+            raise EngineBuildError(f"{spec.name}: TensorRT refused profile {profile.name!r} for input {name!r} "
+                                   f"(shapes {lo}/{opt}/{hi}, values {profile.values.get(name)}): {e}") from None
+    if not trt_profile:
+        raise EngineBuildError(f"{spec.name}: profile {profile.name!r} is invalid: {profile.shapes}")
+    if config.add_optimization_profile(trt_profile) < 0:
+        raise EngineBuildError(f"{spec.name}: TensorRT rejected profile {profile.name!r}")
 
 
 def _config(trt, builder, network, spec: C.GraphContract, precision: str, max_seq_len: int, max_batch: int,
             cache_bytes: bytes):
     config = builder.create_builder_config()
+    if config is None:
+        raise EngineBuildError("TensorRT could not create a builder config")
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    flags = {"fp16": [trt.BuilderFlag.FP16], "bf16": [trt.BuilderFlag.BF16],
-             "int8": [trt.BuilderFlag.INT8, trt.BuilderFlag.FP16], "fp8": [trt.BuilderFlag.FP8, trt.BuilderFlag.FP16],
-             "fp32": []}[precision]
-    if precision in ("int8", "fp8") and not _has_quantize_layers(trt, network):
-        raise EngineBuildError(f"{precision} needs an explicitly quantized graph (Q/DQ nodes, e.g. from NVIDIA "
-                               "ModelOpt); this export has none: build fp16 instead")
-    for flag in flags:
-        config.set_flag(flag)
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)
+    if precision == "fp32" and tf32 is not None:
+        config.clear_flag(tf32)  # on by default from sm80: fp32 plans must compute what the CPU does
     cache = config.create_timing_cache(cache_bytes)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         raise EngineBuildError("TensorRT refused the timing cache (built by another TensorRT or GPU); "
                                "delete it or pass --timing-cache with a new path")
-    shape_inputs = {network.get_input(i).name for i in range(network.num_inputs) if network.get_input(i).is_shape_tensor}
     for profile in derive_profiles(spec, max_seq_len, max_batch):
-        trt_profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in profile.shapes.items():
-            if name in shape_inputs:
-                trt_profile.set_shape_input(name, *profile.values[name])
-            trt_profile.set_shape(name, lo, opt, hi)
-        if not trt_profile:
-            raise EngineBuildError(f"{spec.name}: profile {profile.name!r} is invalid: {profile.shapes}")
-        if config.add_optimization_profile(trt_profile) < 0:
-            raise EngineBuildError(f"{spec.name}: TensorRT rejected profile {profile.name!r}")
+        _add_profile(builder, config, network, spec, profile)
     return config
 
 
 def build_plans(artifacts: Artifacts, target: Target, precision: str, out: Path,
                 progress: Callable[[str], None] = lambda stage: None, max_batch: int = 1,
-                timing_cache: str | None = None) -> dict:
+                timing_cache: str | None = None) -> EngineRecord:
     """Build full_step.plan and recycle_step.plan for `target` into the engine folder `out`.
 
     Raises:
         DeviceError: no TensorRT, cuda-python or GPU, or a CUDA call fails.
-        EngineBuildError: the GPU is not the target's part; a parser or builder error (all
-            messages included); int8/fp8 without Q/DQ.
+        EngineBuildError: the export's dtype is not the precision's; a node TensorRT's ONNX
+            parser cannot import; a float16 graph computes a norm, softmax or rotary op in
+            float16 or holds a constant float16 cannot; the GPU is not the
+            target's part; a parser or builder error (all messages included); int8/fp8
+            without Q/DQ nodes of that type.
     """
+    check_export_dtype(artifacts, target, precision)
+    for name in C.graphs(artifacts.dims):
+        check_graph(artifacts.graph_path(name), artifacts.dims.dtype)
+        check_quantization(precision, artifacts.graph_path(name))
     trt = import_tensorrt()
     device = device_properties(0)
     check_part(target, device, precision)
@@ -105,16 +222,19 @@ def build_plans(artifacts: Artifacts, target: Target, precision: str, out: Path,
     with staged_folder(out, ENGINE_JSON, engine_files) as tmp:
         graphs, profiles = {}, {}
         for name, spec in C.graphs(artifacts.dims).items():
-            progress(f"building {name}.plan ({precision}, {device['name']})")
+            progress(f"building {name}.plan ({precision}, {device['name']}, TensorRT {trt.__version__})")
             network, _parser = _parse(trt, builder, logger, artifacts.graph_path(name))
+            check_network_io(network, spec)
             config = _config(trt, builder, network, spec, precision, max_seq_len, max_batch, cache_bytes)
             plan = builder.build_serialized_network(network, config)
             if plan is None:
                 raise EngineBuildError(f"TensorRT failed to build {name}:\n  " + "\n  ".join(logger.errors))
             graphs[name] = f"{name}.plan"
             write_bytes(tmp / graphs[name], bytes(plan))
-            cache_bytes = bytes(config.get_timing_cache().serialize())
-            write_bytes(cache_path, cache_bytes)
+            cache = config.get_timing_cache()
+            if cache is not None:
+                cache_bytes = bytes(cache.serialize())
+                write_bytes(cache_path, cache_bytes)
             profiles[name] = profiles_json(spec, max_seq_len, max_batch)
         record = EngineRecord.create(artifacts, target.name, precision, "tensorrt", trt.__version__, device,
                                      graphs, hash_files(tmp), profiles=profiles, timing_cache=str(cache_path))

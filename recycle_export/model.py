@@ -19,6 +19,11 @@ KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each (B, H_kv, T, D)
 # The logit of a token outside the module's draft vocabulary: the lowest float16 value, so
 # that it stays finite in every engine precision and no sampler or argmax ever picks it.
 MASKED_LOGIT = -65504.0
+# The attention score of a masked key: float16's lowest value, not float32's (-3.4e38 becomes
+# -inf in float16, and a fully masked row, a left-padding query, then gives NaN that spreads).
+# It replaces the score rather than being added to it, so a fully masked row is exactly
+# uniform in every precision and engine (an added -65504 would keep the scores' rounding).
+MASKED_SCORE = -65504.0
 
 
 @dataclass
@@ -35,14 +40,19 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 as LLaMA does, whatever the activation dtype.
+        # Normalise in float32 as LLaMA does, whatever the activation dtype: x^2 overflows
+        # float16 past |x| = 256 (SmolLM2's residual stream reaches ~25,000).
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
 
 
 def rotary(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> KV:
-    """cos and sin tables for the given positions: (B, T) -> two (B, 1, T, D)."""
+    """cos and sin tables for the given positions: (B, T) -> two (B, 1, T, D).
+
+    The angles (position x frequency, up to thousands of radians) and their cos and sin are
+    float32 whatever the model's dtype: float16 keeps 11 bits, so an angle near 4,000 rad
+    would be off by a whole radian. Only the tables, within [-1, 1], are cast."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = position_ids.float()[..., None] * inv_freq  # (B, T, D/2)
     angles = torch.cat([angles, angles], dim=-1)  # (B, T, D)
@@ -55,21 +65,20 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-def attention_bias(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
-    """Additive float32 mask (B, 1, T_new, S) from the padding mask (B, S), S = past + new.
+def attention_allowed(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
+    """Which keys each query sees, (B, 1, T_new, S) bool, from the padding mask (B, S),
+    S = past + new.
 
     Query i (cache index S - new + i) sees key k when k <= S - new + i and key k is real.
-    Masked entries get float32's most negative value, not -inf, so a padding query whose
-    row is fully masked yields a uniform (finite, unused) distribution instead of NaN; the
-    scores are float32 when it is added, so float16 models cannot overflow to -inf.
+    The others' scores become MASKED_SCORE, finite in every precision, not -inf, so a padding
+    query whose row is fully masked yields a uniform (unused) distribution instead of NaN;
+    the scores are float32 then, so exp() of a masked entry is exactly 0 beside a real one.
     """
     total = attention_mask.shape[-1]
     key_index = torch.arange(total, device=attention_mask.device)  # (S,)
     query_index = key_index[total - new:]  # (T_new,)
     causal = key_index[None, :] <= query_index[:, None]  # (T_new, S)
-    allowed = causal[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, T_new, S)
-    zero = torch.zeros((), dtype=torch.float32)
-    return torch.where(allowed, zero, torch.finfo(torch.float32).min)
+    return causal[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, T_new, S)
 
 
 class Attention(nn.Module):
@@ -81,7 +90,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, bias, past: KV) -> tuple[torch.Tensor, KV]:
+    def forward(self, x, cos, sin, allowed, past: KV) -> tuple[torch.Tensor, KV]:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
@@ -92,7 +101,9 @@ class Attention(nn.Module):
         group = self.n_heads // self.n_kv_heads
         k_full = k.repeat_interleave(group, dim=1)  # (B, H, S, D)
         v_full = v.repeat_interleave(group, dim=1)  # (B, H, S, D)
-        scores = (q @ k_full.transpose(-1, -2)).float() * self.head_dim ** -0.5 + bias  # (B, H, T, S)
+        # Scaled, masked and normalised in float32: float16 graphs keep the softmax exact.
+        scores = (q @ k_full.transpose(-1, -2)).float() * self.head_dim ** -0.5  # (B, H, T, S)
+        scores = torch.where(allowed, scores, MASKED_SCORE)
         out = torch.softmax(scores, dim=-1).to(q.dtype) @ v_full  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, H*D)
         return self.o_proj(out), (k, v)
@@ -117,8 +128,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, bias, past: KV) -> tuple[torch.Tensor, KV]:
-        attn, present = self.self_attn(self.input_layernorm(x), cos, sin, bias, past)
+    def forward(self, x, cos, sin, allowed, past: KV) -> tuple[torch.Tensor, KV]:
+        attn, present = self.self_attn(self.input_layernorm(x), cos, sin, allowed, past)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), present
 
@@ -174,10 +185,10 @@ class Recycler(nn.Module):
 def run_layers(layers, x, position_ids, attention_mask, past: list[KV], cfg: ModelConfig):
     """The shared decoder stack: (B, T, dim) -> (B, T, dim) and the present KV per layer."""
     cos, sin = rotary(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype)
-    bias = attention_bias(attention_mask, x.shape[1])
+    allowed = attention_allowed(attention_mask, x.shape[1])
     present = []
     for layer, layer_past in zip(layers, past, strict=True):
-        x, kv = layer(x, cos, sin, bias, layer_past)
+        x, kv = layer(x, cos, sin, allowed, layer_past)
         present.append(kv)
     return x, present
 

@@ -5,6 +5,10 @@ reference output's magnitude (max(1, max |reference|)) so that large logits are 
 relatively: float32 1e-4 (float32 rounding over a few reorderings of reductions);
 float16 2e-2 (float16 keeps ~3 decimal digits; errors compound over layers, and the graph
 is compared with the float32 model, not with a float16 one).
+
+The figures also record the largest |x| entering each RMSNorm on these inputs (the float32
+model's activations): x^2 overflows float16 past 255.9, which is why the graphs square and
+average in float32 (recycle_export/model.py), and how far a model is from that edge.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import hashlib
 import logging
 from pathlib import Path
 
+import contextlib
+from typing import Iterator
+
 import numpy as np
 import torch
 
 from recycle_export.graphs import TORCH_DTYPES, example_inputs, graph_module
-from recycle_export.model import RecycleGPT
+from recycle_export.model import RecycleGPT, RMSNorm
 from runtime import contract as C
 from runtime.artifacts import MANIFEST, Manifest, read_manifest
 from runtime.errors import ArtifactError, ValidationError
@@ -64,41 +71,74 @@ def _case_inputs(spec: C.GraphContract, case: tuple, dtype: torch.dtype, vocab: 
     return {name: value.to(dtype) if value.is_floating_point() else value for name, value in feeds.items()}
 
 
+# x^2 of a larger |x| is beyond float16's largest value, 65504.
+FLOAT16_SQUARE_LIMIT = 65504.0 ** 0.5
+
+
+@contextlib.contextmanager
+def norm_input_peaks(model: RecycleGPT) -> Iterator[dict[str, float]]:
+    """While open, the largest |x| each RMSNorm of `model` has received, by module name."""
+    peaks: dict[str, float] = {}
+
+    def record(name):
+        def hook(module, args):
+            peaks[name] = max(peaks.get(name, 0.0), float(args[0].detach().abs().max()))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules()
+               if isinstance(m, RMSNorm)]
+    try:
+        yield peaks
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def validate_graphs(folder: Path, model: RecycleGPT, dims: C.Dims) -> dict:
     """Run both graphs in `folder` and the float32 PyTorch `model` on the same inputs.
 
     Returns the figures for the manifest: per graph, per output, per case, the max abs
-    difference; the tolerance; whether all passed and, if not, which output failed.
+    difference; the tolerance; whether all passed and, if not, which output failed; the
+    largest |x| entering each RMSNorm, and whether its square would overflow float16.
     """
     import onnxruntime as ort
 
-    dtype = TORCH_DTYPES[dims.dtype]
     tol = TOLERANCE[dims.dtype]
     figures: dict = {}
     failures = []
     hashes: dict[str, str] = {}
-    for name, spec in C.graphs(dims).items():
-        session = _session(ort, Path(folder) / f"{name}.onnx", hashes)
-        wrapper = graph_module(model, name)
-        per_output: dict[str, dict[str, float]] = {out: {} for out in spec.output_names}
-        gen = torch.Generator().manual_seed(0)
-        for case_name, case in CASES.items():
-            feeds = _case_inputs(spec, case, dtype, dims.vocab_size, gen, wrapper)
-            with torch.no_grad():
-                expected = wrapper(*(t.float() if t.is_floating_point() else t for t in feeds.values()))
-            got = session.run(None, {k: v.numpy() for k, v in feeds.items()})
-            for out_name, ref, actual in zip(spec.output_names, expected, got):
-                ref = ref.double().numpy()
-                diff = float(np.abs(actual.astype(np.float64) - ref).max())
-                per_output[out_name][case_name] = diff
-                allowed = tol * max(1.0, float(np.abs(ref).max()))
-                if not diff <= allowed:  # also catches NaN
-                    failures.append(f"{name} output {out_name!r} in case {case_name!r}: max abs "
-                                    f"difference {diff:.3g} exceeds {allowed:.3g}")
-        figures[name] = per_output
+    with norm_input_peaks(model) as peaks:
+        for name, spec in C.graphs(dims).items():
+            figures[name] = _validate_graph(ort, folder, name, spec, model, dims, tol, hashes, failures)
+    largest = max(peaks.values(), default=0.0)
     return {"tolerance": {"relative_to_max_abs_reference": tol, "dtype": dims.dtype},
             "max_abs_diff": {g: {o: max(c.values()) for o, c in outs.items()} for g, outs in figures.items()},
-            "per_case": figures, "passed": not failures, "failures": failures, "sha256": hashes}
+            "per_case": figures, "passed": not failures, "failures": failures, "sha256": hashes,
+            "norm_input_max_abs": dict(sorted(peaks.items())),
+            "norm_input_float16_square_overflows": largest > FLOAT16_SQUARE_LIMIT}
+
+
+def _validate_graph(ort, folder: Path, name: str, spec: C.GraphContract, model: RecycleGPT, dims: C.Dims,
+                    tol: float, hashes: dict[str, str], failures: list[str]) -> dict[str, dict[str, float]]:
+    """One graph's figures: per output, per case, the max abs difference (failures appended)."""
+    session = _session(ort, Path(folder) / f"{name}.onnx", hashes)
+    wrapper = graph_module(model, name)
+    per_output: dict[str, dict[str, float]] = {out: {} for out in spec.output_names}
+    gen = torch.Generator().manual_seed(0)
+    for case_name, case in CASES.items():
+        feeds = _case_inputs(spec, case, TORCH_DTYPES[dims.dtype], dims.vocab_size, gen, wrapper)
+        with torch.no_grad():
+            expected = wrapper(*(t.float() if t.is_floating_point() else t for t in feeds.values()))
+        got = session.run(None, {k: v.numpy() for k, v in feeds.items()})
+        for out_name, ref, actual in zip(spec.output_names, expected, got):
+            ref = ref.double().numpy()
+            diff = float(np.abs(actual.astype(np.float64) - ref).max())
+            per_output[out_name][case_name] = diff
+            allowed = tol * max(1.0, float(np.abs(ref).max()))
+            if not diff <= allowed:  # also catches NaN
+                failures.append(f"{name} output {out_name!r} in case {case_name!r}: max abs "
+                                f"difference {diff:.3g} exceeds {allowed:.3g}")
+    return per_output
 
 
 def _session(ort, path: Path, hashes: dict[str, str]):

@@ -16,7 +16,8 @@ def cudart():
         try:
             from cuda import cudart as runtime
         except ImportError:
-            raise DeviceError("cuda-python is not installed: pip install 'recycle-export[tensorrt]'") from None
+            raise DeviceError("cuda-python is not installed: pip install the extra of your stack, "
+                              "'recycle-export[tensorrt]' on a CUDA 12 driver (see `cli.py build --list-targets`)") from None
     return runtime
 
 

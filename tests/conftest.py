@@ -91,6 +91,17 @@ def tiny_artifacts(tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_fp16_artifacts(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint exported once per session as float16 (what fp16 TensorRT plans
+    build from)."""
+    from recycle_export.export import ExportOptions, export
+
+    out = tmp_path_factory.mktemp("tiny_fp16_export") / "artifacts"
+    export(tiny_checkpoint, out, ExportOptions(dtype="float16"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def smollm_artifacts(smollm_checkpoint, tmp_path_factory):
     """SmolLM2-135M-Instruct exported once per session (float32)."""
     import time

@@ -2,6 +2,7 @@
 and the commands' output (tests of the library behind each command live beside its package)."""
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -115,6 +116,13 @@ def test_list_targets():
     for name in ("cpu", "ort-cuda", "ort-tensorrt", "t4", "orin", "ampere", "ada", "hopper"):
         assert f"\n{name} " in result.output
     assert "JetPack 6" in result.output and "sm87" in result.output
+    lines = result.output.split("with one of these")[1].strip().splitlines()
+    rows = {tuple(re.split(r"  +", line)[:5]) for line in lines[1:]}  # target, TensorRT, CUDA, cuda-python, install
+    assert ("orin", "10.3", "12.6", ">=12,<13", "pip install 'recycle-export[jetson]'") in rows
+    assert ("t4", "10.x", "12.x", ">=12,<13", "pip install 'recycle-export[tensorrt10]'") in rows
+    for gpu in ("ampere", "ada", "hopper"):
+        assert (gpu, "10.x or 11.x", "12.x", ">=12,<13", "pip install 'recycle-export[tensorrt]'") in rows
+        assert (gpu, "10.x or 11.x", "13.x", ">=13,<14", "pip install 'recycle-export[tensorrt-cu13]'") in rows
 
 
 def test_tensorrt_absent_gives_a_clear_error(tiny_artifacts):
@@ -124,6 +132,10 @@ def test_tensorrt_absent_gives_a_clear_error(tiny_artifacts):
     except ImportError:
         pass
     result = CliRunner().invoke(main, ["build", "--artifacts", str(tiny_artifacts), "--target", "t4"])
+    assert result.exit_code == 1  # fp16 by default, and this export is float32: said before TensorRT is needed
+    assert result.output.startswith("Error: t4-fp16 needs a float16 export") and "--dtype float16" in result.output
+    args = ["build", "--artifacts", str(tiny_artifacts), "--target", "t4", "--precision", "fp32"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert result.output.startswith("Error: TensorRT is not installed: pip install 'recycle-export[tensorrt]'")
     result = CliRunner().invoke(main, ["build", "--artifacts", str(tiny_artifacts), "--target", "ort-cuda"])

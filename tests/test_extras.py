@@ -30,8 +30,10 @@ COMMANDS = {
     "train-recycler": (("recycle_export.train",), ("export",)),
     "build --target cpu": (("engines.build", "engines.ort", "engines.ort_fused"), ("onnxruntime",)),
     "build --target ort-cuda": (("engines.build", "engines.ort"), ("onnxruntime-gpu",)),
-    "build --target t4": (("engines.build", "engines.tensorrt", "runtime.backends.tensorrt", "runtime.cuda"),
-                          ("tensorrt",)),
+    **{f"build --target {t} ({extra})": (("engines.build", "engines.tensorrt", "runtime.backends.tensorrt",
+                                           "runtime.cuda"), (extra,))
+       for t, extra in (("t4", "tensorrt10"), ("orin", "jetson"), ("hopper", "tensorrt"),
+                        ("hopper", "tensorrt-cu13"))},
     "generate --artifacts": (("runtime.generator", "runtime.backends", "runtime.backends.onnxruntime",
                               "runtime.engines", "runtime.tokenizer"), ("onnxruntime",)),
     "bench": (("runtime.bench", "runtime.backends.onnxruntime", "runtime.tokenizer"), ("onnxruntime",)),
@@ -109,6 +111,8 @@ def test_each_commands_imports_are_in_its_extras(command):
         provided |= {requirement_name(r) for r in project["optional-dependencies"][extra]}
     if "onnxruntime-gpu" in provided:
         provided.add("onnxruntime")  # the same `onnxruntime` module
+    if any(p.startswith("tensorrt-cu") for p in provided) or "jetson" in extras:
+        provided.add("tensorrt")  # the `tensorrt` module of a CUDA-specific wheel, or JetPack's own
     needed = {DISTRIBUTIONS.get(name, name).lower().replace("_", "-") for name in third_party_imports(modules)}
     missing = sorted(needed - provided - OPTIONAL)
     assert not missing, f"`{command}` imports {missing}, which its extras {list(extras)} do not install"
@@ -119,3 +123,23 @@ def test_cpu_builds_reach_onnxruntimes_quantizer():
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("onnxruntime is not installed")
     assert "onnx_ir" in third_party_imports(COMMANDS["build --target cpu"][0])
+
+
+def test_tensorrt_extras_pin_what_list_targets_says():
+    """Each TensorRT stack's extra pins the cuda-python and TensorRT that `build --list-targets`
+    names for it: cuda-python 13 on a CUDA 12 driver fails at the first CUDA call."""
+    from engines.targets import STACKS, TARGETS
+
+    extras = pyproject()["optional-dependencies"]
+    for name, stack in STACKS.items():
+        pins = {requirement_name(r): r[len(requirement_name(r)):] for r in extras[name]}
+        assert pins["cuda-python"] == stack.cuda_python, name
+        cuda_major = stack.cuda.split(".")[0]
+        assert pins["cuda-python"] == f">={cuda_major},<{int(cuda_major) + 1}", name
+        trt = [p for p in pins if p.startswith("tensorrt")]
+        if name == "jetson":
+            assert not trt  # JetPack's TensorRT
+        else:
+            assert trt == [f"tensorrt-cu{cuda_major}"], name
+            assert pins[trt[0]] == (">=10.0,<11" if stack.tensorrt == "10.x" else ">=10.0,<12"), name
+    assert {s for t in TARGETS.values() for s in t.stacks} == set(STACKS)

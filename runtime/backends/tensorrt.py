@@ -6,8 +6,9 @@ contiguous) into the other; committing swaps the two, so no KV byte crosses the 
 and nothing is copied between steps. Only token ids, positions and masks go up, and
 logits and hidden states come down. tensorrt and cuda-python are imported lazily.
 
-Written against TensorRT 10; not run in this repository's CI (no GPU there):
-benchmarks/tensorrt_gpu.py checks it against the ONNX Runtime CPU run on a GPU machine.
+Written against TensorRT 10 and 11 (every call it makes is in both majors' Python bindings);
+not run in this repository's CI (no GPU there): benchmarks/tensorrt_gpu.py checks it against
+the ONNX Runtime CPU run on a GPU machine.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def import_tensorrt():
         import tensorrt as trt
     except ImportError:
         raise DeviceError("TensorRT is not installed: pip install 'recycle-export[tensorrt]' "
-                               "on a machine with an NVIDIA GPU (JetPack 6 on a Jetson)") from None
+                          "on a machine with an NVIDIA GPU and a CUDA 12 driver ([tensorrt-cu13] for CUDA 13; "
+                          "on a Jetson, JetPack 6's TensorRT and [jetson]); `cli.py build --list-targets` "
+                          "says which each target needs") from None
     if int(trt.__version__.split(".")[0]) < 10:
         raise DeviceError(f"TensorRT {trt.__version__} found; the builder needs TensorRT 10 or newer")
     return trt
@@ -73,12 +76,13 @@ class DeviceKVPool:
     """KVPool's interface over device buffers, swapped rather than copied between steps.
     The backend that made a pool frees it in its close(); a pool may also be closed alone."""
 
-    def __init__(self, dims: C.Dims, batch: int, capacity: int):
+    def __init__(self, dims: C.Dims, batch: int, capacity: int, stream=None):
         self.rt = cudart()
         self.dims, self.batch, self.capacity = dims, batch, capacity
+        self.stream = stream  # the backend's: rollback copies are ordered with its steps
         self.layers = {BASE: C.full_step(dims).kv_layers, MODULE: C.recycle_step(dims).kv_layers}
         self.lengths = {BASE: 0, MODULE: 0}
-        self.itemsize = np.dtype(dims.dtype).itemsize
+        self.itemsize = np.dtype(dims.dtype).itemsize  # the export's dtype, which the plans keep at their I/O
         slots = capacity + C.DECODE_MAX_NEW  # a verify step may briefly hold a draft past capacity
         self.buffer_bytes = batch * dims.n_kv_heads * slots * dims.head_dim * self.itemsize
         self.current: dict[str, int] = {}  # past tensor name -> device pointer holding the cache
@@ -115,14 +119,16 @@ class DeviceKVPool:
                 self.current[name], self.spare[name] = self.spare[name], self.current[name]
 
     def rollback(self, cache: str, n: int) -> None:
-        """Drop the last n positions: re-pitch every [B*H] row into the spare buffer."""
+        """Drop the last n positions: re-pitch every [B*H] row into the spare buffer, on the
+        backend's stream (the legacy default stream would order against every other one)."""
         old, new = self.lengths[cache], self.lengths[cache] - n
         row = self.dims.head_dim * self.itemsize
         for i in self.layers[cache]:
             for name in (C.past_key(i), C.past_value(i)):
-                check(self.rt.cudaMemcpy2D(self.spare[name], new * row, self.current[name], old * row, new * row,
-                                           self.batch * self.dims.n_kv_heads,
-                                           self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice), "cudaMemcpy2D")
+                check(self.rt.cudaMemcpy2DAsync(self.spare[name], new * row, self.current[name], old * row, new * row,
+                                                self.batch * self.dims.n_kv_heads,
+                                                self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.stream),
+                      "cudaMemcpy2DAsync")
                 self.current[name], self.spare[name] = self.spare[name], self.current[name]
         self.lengths[cache] = new
 
@@ -165,11 +171,12 @@ class TrtBackend(Backend):
             self.engines[name], self.contexts[name] = plan, context
             check_against_contract(name, self.graph_io(name), C.graphs(artifacts.dims)[name], rebuild)
         self.scratch: dict[tuple[str, str], tuple[int, int]] = {}  # (graph, tensor) -> (ptr, bytes)
+        self.profile: dict[str, int] = {}  # graph -> the optimization profile its context has selected
         self.pools: list[DeviceKVPool] = []
         self._lock = threading.Lock()  # one execution context per graph
 
     def new_kv_pool(self, dims: C.Dims, batch: int, capacity: int) -> DeviceKVPool:
-        pool = DeviceKVPool(dims, batch, capacity)
+        pool = DeviceKVPool(dims, batch, capacity, self.stream)
         self.pools = [p for p in self.pools if p.current] + [pool]  # forget pools already closed
         return pool
 
@@ -195,6 +202,25 @@ class TrtBackend(Backend):
             (inputs if plan.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
         return inputs, outputs
 
+    def _select_profile(self, graph: str, new: int) -> None:
+        """Switch `graph`'s context to the profile for `new` tokens, only when it changes: a
+        switch makes TensorRT update the context's resources.
+
+        Raises: DeviceError when TensorRT refuses (the bindings raise RuntimeError for it)."""
+        index = C.select_profile(new)
+        if self.profile.get(graph) == index:
+            return
+        try:
+            selected = self.contexts[graph].set_optimization_profile_async(index, self.stream)
+        except RuntimeError as e:
+            selected, reason = False, f": {e}"
+        else:
+            reason = ""
+        if not selected:
+            raise DeviceError(f"{graph}: TensorRT cannot select optimization profile {index} for {new} new "
+                              f"tokens{reason}")
+        self.profile[graph] = index
+
     def _scratch(self, graph: str, name: str, nbytes: int) -> int:
         ptr, size = self.scratch.get((graph, name), (0, 0))
         if size < nbytes:
@@ -213,9 +239,7 @@ class TrtBackend(Backend):
 
     def _run(self, graph: str, feeds: dict, kv_outputs: dict[str, int]) -> dict:
         rt, trt, plan, ctx = self.rt, self.trt, self.engines[graph], self.contexts[graph]
-        new = feeds[C.INPUT_IDS].shape[1]
-        if not ctx.set_optimization_profile_async(C.select_profile(new), self.stream):
-            raise DeviceError(f"{graph}: cannot select the optimization profile for {new} new tokens")
+        self._select_profile(graph, feeds[C.INPUT_IDS].shape[1])
         keep_alive = []
         for name, value in feeds.items():
             if not ctx.set_input_shape(name, value.shape):
