@@ -197,10 +197,14 @@ async def _answer(request: Request, job: Job, model_id: str) -> JSONResponse:
     try:
         await asyncio.wait((result, gone), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if not result.done():
+        gone.cancel()
+        answered = result.done()
+        if not answered:  # the client went away (or the server is stopping)
             job.cancelled.set()
             result.cancel()
-        gone.cancel()
+    if not answered:
+        # Nobody reads this answer; its status (nginx's "client closed request") is for the metrics.
+        raise APIError(499, "the client closed the connection; the generation was cancelled", code="cancelled")
     event = result.result()
     if not isinstance(event, Done):
         raise APIError(500, event.message, kind="server_error")
