@@ -251,13 +251,15 @@ def listen(host: str, port: int) -> socket.socket:
     """A listening socket, bound before the model loads so that a port in use fails at once.
 
     Raises: ServerError naming the address."""
+    if not 0 <= port <= 65535:
+        raise ServerError(f"cannot listen on {host}:{port}: a port is in 0..65535")
     try:
         info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(info[4])
         sock.listen(2048)
-    except (OSError, OverflowError) as exc:
+    except OSError as exc:
         raise ServerError(f"cannot listen on {host}:{port}: {exc}") from None
     return sock
 

@@ -319,3 +319,28 @@ def test_a_client_that_goes_away_cancels_its_generation(generator, stream):
         assert _metric(base, "generations_cancelled_total") == 1
         assert slow.tokens[0] < 100  # stopped early, not run to max_tokens
         assert _metric(base, "batch_size") == 0 and raw(base, "GET", "/health")[0] == 200
+
+
+# Start-up.
+
+
+def test_serve_refuses_bad_options_in_one_line(generator, tiny_artifacts):
+    from click.testing import CliRunner
+
+    from cli import main
+    from runtime.errors import ServerError
+
+    folder = str(generator.artifacts.folder)
+    for args, message in ((["--max-batch", "0"], "--max-batch must be in 1..256, got 0"),
+                          (["--max-queue", "-1"], "--max-queue must be in 0..100000, got -1"),
+                          (["--api-key", " "], "--api-key must not be empty"),
+                          (["--port", "70000"], "cannot listen on 127.0.0.1:70000")):
+        result = CliRunner().invoke(main, ["serve", "--artifacts", folder, *args])
+        assert result.exit_code == 1 and result.output.startswith(f"Error: {message}"), result.output
+    with listen("127.0.0.1", 0) as taken:
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(main, ["serve", "--artifacts", folder, "--port", port])
+        assert result.exit_code == 1 and result.output.startswith(f"Error: cannot listen on 127.0.0.1:{port}")
+    with Generator.from_artifacts(tiny_artifacts) as no_tokenizer:
+        with pytest.raises(ServerError, match="has no tokenizer.json"):
+            create_app(no_tokenizer, Settings(MODEL))
