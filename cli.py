@@ -533,6 +533,36 @@ def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, js
         write_text(Path(json_path), json.dumps(record, indent=2) + "\n")
 
 
+@main.command("serve")
+@click.option("--artifacts", required=True, type=click.Path(file_okay=False), help="Export directory.")
+@click.option("--engine", default=None, help="An engine built under the artifacts (`cli.py build`), e.g. cpu-int4; default: the exported graphs on the CPU.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 exposes the server to the network).")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="verify", show_default=True,
+              help="Strategy of requests that name none (a request's `strategy` field overrides it).")
+@click.option("--max-batch", type=int, default=2, show_default=True,
+              help="Generations decoding at once, one per worker thread (not fused into one batched call).")
+@click.option("--max-queue", type=int, default=64, show_default=True,
+              help="Requests waiting for a worker before the server answers 429.")
+@click.option("--api-key", default=None, envvar="RECYCLE_API_KEY",
+              help="Require `Authorization: Bearer KEY` (or set RECYCLE_API_KEY).")
+@click.option("--max-tokens", type=int, default=None, help="Largest max_tokens a request may ask (default: the context).")
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, help="Largest request body.")
+@click.option("--model-name", default=None, help="The model id clients send (default: the export folder's name, plus -ENGINE).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
+def serve_cmd(artifacts, engine, host, port, strategy, max_batch, max_queue, api_key, max_tokens, max_body_bytes,
+          model_name, threads) -> None:
+    """Answer OpenAI-compatible requests (/v1/chat/completions, /v1/completions) over HTTP."""
+    from serve.app import Settings, default_model_id, serve as run_server
+
+    settings = Settings(model_name or default_model_id(artifacts, engine), strategy, max_batch, max_queue, api_key,
+                        max_body_bytes, max_tokens)
+    run_server(artifacts, engine, host, port, settings, threads,
+               on_ready=lambda address: click.echo(f"serving {settings.model_id} on http://{address[0]}:{address[1]}/v1",
+                                                   err=True))
+
+
 def _check_task_set_use(task_set: str | None, kinds: str | None, per_kind: int | None, other: str | None) -> None:
     """Raises: GenerationError for --kinds/--per-kind without --task-set, or --task-set with
     another source of prompts."""

@@ -60,3 +60,8 @@ class DeviceError(RecycleExportError):
 class EngineBuildError(RecycleExportError):
     """Raised when an engine build fails: a missing library or device, a parser or builder
     error (reported in full), or a graph the chosen precision cannot use."""
+
+
+class ServerError(RecycleExportError):
+    """Raised when `cli.py serve` cannot start: an option out of range, an address it cannot
+    listen on, or an export without the tokenizer that text requests need."""

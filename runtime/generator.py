@@ -83,6 +83,11 @@ class Stream:
             self._result = self._finalize(self._state)[0]
         return self._result
 
+    def close(self) -> None:
+        """Stop the generation where it is (a server's client went away) and free its KV
+        pool now; result() then reports the tokens generated so far."""
+        self._steps.close()
+
 
 class Generator:
     """Decode with a backend over one export's artifacts. Thread-safe: all decoding state

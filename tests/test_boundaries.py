@@ -1,5 +1,5 @@
-"""The package boundaries (STYLE.md): the runtime and the engine builders load neither torch
-nor the exporter, and no package's modules import each other in a circle."""
+"""The package boundaries (STYLE.md): the runtime, the engine builders and the server load
+neither torch nor the exporter, and no package's modules import each other in a circle."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("recycle_export", "engines", "runtime")
+PACKAGES = ("recycle_export", "engines", "runtime", "serve")
 
 
 def _modules(package: str) -> list[str]:
@@ -17,8 +17,8 @@ def _modules(package: str) -> list[str]:
                   for p in (ROOT / package).rglob("*.py"))
 
 
-def test_engines_and_runtime_load_no_exporter_and_no_torch():
-    modules = _modules("engines") + _modules("runtime")
+def test_engines_runtime_and_server_load_no_exporter_and_no_torch():
+    modules = _modules("engines") + _modules("runtime") + _modules("serve")
     code = ("import importlib, sys\n"
             f"for name in {modules!r}:\n"
             "    importlib.import_module(name)\n"

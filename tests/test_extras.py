@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ("cli", "recycle_export", "engines", "runtime")
+PROJECT = ("cli", "recycle_export", "engines", "runtime", "serve")
 # Import name -> distribution name, where they differ or matter.
 DISTRIBUTIONS = {"onnx_ir": "onnx-ir", "cuda": "cuda-python", "jinja2": "jinja2", "yaml": "pyyaml"}
 # Backends a command loads only when asked for them (another extra's job), and packages a
@@ -38,6 +38,8 @@ COMMANDS = {
                               "runtime.engines", "runtime.tokenizer"), ("onnxruntime",)),
     "bench": (("runtime.bench", "runtime.backends.onnxruntime", "runtime.tokenizer"), ("onnxruntime",)),
     "eval": (("runtime.evaluate", "runtime.backends.onnxruntime", "runtime.tokenizer"), ("onnxruntime",)),
+    "serve": (("serve.app", "runtime.generator", "runtime.backends.onnxruntime", "runtime.engines",
+               "runtime.tokenizer"), ("onnxruntime", "serve")),
 }
 
 
