@@ -265,11 +265,14 @@ def main() -> None:
     load = {"before": os.getloadavg()}
     results, prompts, rows, shown = {}, {}, [], {}
     if args.task_set:
-        from runtime.generator import Generator
+        from types import SimpleNamespace
+
         from runtime.tasks import encode_task_set
 
-        encoded = encode_task_set(Generator.from_artifacts(args.artifacts, check_hashes=False), args.task_set,
-                                  per_kind=args.per_kind, max_new_tokens=args.max_new_tokens)
+        # The codec alone, not a Generator: children inherit this process's peak memory
+        # (ru_maxrss survives exec), so the parent must not load the sessions.
+        encoder = SimpleNamespace(encode_messages=codec.encode_messages, capacity=artifacts.max_seq_len)
+        encoded = encode_task_set(encoder, args.task_set, per_kind=args.per_kind, max_new_tokens=args.max_new_tokens)
         labels = [f"{kind} {i + 1}" for i, kind in enumerate(encoded.kinds)]
         task_prompts = dict(zip(labels, encoded.prompts))
         contexts = labels
