@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 from recycle_export.model import KV, RecycleGPT
-from runtime.drafts import lookup_draft
-from runtime.generator import LOOKUP
+from runtime.drafts import make_drafts
 from runtime.request import STRATEGIES, DraftOptions, Request, Stats, check_request  # the runtime's records
-from runtime.sampling import SamplingParams, accept_draft, draw, probabilities
+from runtime.sampling import SamplingParams, accept_draft, confident, draw, probabilities
 
 @dataclass
 class Call:
@@ -97,8 +96,7 @@ class ReferenceDecoder:
         logits = self._base_step(s, s.tokens[s.base_len:])
         while not self._emit(s, draw(self._probs(s, logits[-1]), s.rng)):
             module_logits = self._module_step(s)
-            top = np.exp(module_logits - module_logits.max())
-            if top.max() / top.sum() >= s.min_confidence:  # the confidence gate
+            if confident(module_logits, s.min_confidence):  # the confidence gate
                 if self._emit(s, draw(self._probs(s, module_logits), s.rng)):
                     return
             logits = self._base_step(s, s.tokens[s.base_len:])
@@ -108,18 +106,19 @@ class ReferenceDecoder:
         if self._emit(s, draw(self._probs(s, logits[-1]), s.rng)):
             return
         while True:
-            drafts, qs = self._draft(s)
+            drafts, qs, from_lookup = make_drafts(
+                np.array(s.tokens), s.drafts, self.cfg.max_seq_len - len(s.tokens),
+                s.max_new_tokens - (len(s.tokens) - s.n_prompt), s.stats, lambda room: self._module_chain(s, room))
             logits = self._base_step(s, s.tokens[s.base_len:] + drafts, num_logits=len(drafts) + 1)
             for i, (draft, q) in enumerate(zip(drafts, qs)):
-                accepted, token = self._accept(s, draft, q, logits[i])
+                accepted, token = accept_draft(draft, self._probs(s, logits[i]), q, s.rng)
                 if not accepted:
                     self._rollback_base(s, len(drafts) - i)  # the base cache holds the rejected tail
                     if self._emit(s, token):
                         return
                     break
                 s.stats.drafts_accepted += 1
-                if q is LOOKUP:
-                    s.stats.lookup_accepted += 1
+                s.stats.lookup_accepted += from_lookup
                 if self._emit(s, token):
                     return
             else:  # every draft accepted: the base's distribution after the last one is free
@@ -168,29 +167,12 @@ class ReferenceDecoder:
         s.calls.append(Call("module", list(range(start, total)), list(ids), prev))
         return out.logits[0, -1].double().numpy(), out.hidden[0, -1]
 
-    def _draft(self, s: _State) -> tuple[list[int], list]:
-        """verify's drafts as the runtime makes them (runtime.generator.Generator._draft)."""
-        options = s.drafts
-        room = min(options.max_draft, self.cfg.max_seq_len - len(s.tokens),
-                   s.max_new_tokens - (len(s.tokens) - s.n_prompt))
-        drafts = lookup_draft(np.array(s.tokens), options.lookup_ngram, room)
-        if drafts:
-            s.stats.lookup_proposed += len(drafts)
-            qs = [LOOKUP] * len(drafts)
-        elif options.module and room > 0:
-            drafts, qs = self._module_chain(s, room)
-        else:
-            qs = []
-        s.stats.drafts_proposed += len(drafts)
-        return drafts, qs
-
     def _module_chain(self, s: _State, room: int) -> tuple[list[int], list]:
         """Up to `room` module drafts, each next one from the module's own (g, draft); the
         chained positions leave the module cache again."""
         logits, g = self._module_verified(s)
         drafts, qs, chained = [], [], 0
-        top = np.exp(logits - logits.max())
-        if top.max() / top.sum() < s.drafts.min_probability:
+        if not confident(logits, s.drafts.min_probability):
             return drafts, qs
         while True:
             q = self._probs(s, logits)
@@ -201,19 +183,12 @@ class ReferenceDecoder:
                 break
             logits, g = self._module_call(s, [draft], g[None])  # (g_j, d_{j+1})
             chained += 1
-            top = np.exp(logits - logits.max())
-            if top.max() / top.sum() < s.drafts.min_probability:
+            if not confident(logits, s.drafts.min_probability):
                 break
         keep = s.module_len - chained
         s.module_kv = [(k[:, :, :keep], v[:, :, :keep]) for k, v in s.module_kv]
         s.module_len = keep
         return drafts, qs
-
-    def _accept(self, s: _State, draft: int, q, base_logits: np.ndarray) -> tuple[bool, int]:
-        if q is LOOKUP:  # a deterministic draft: q is one-hot at it
-            q = np.zeros(base_logits.shape[-1])
-            q[draft] = 1.0
-        return accept_draft(draft, self._probs(s, base_logits), q, s.rng)
 
     def _rollback_base(self, s: _State, n: int) -> None:
         keep = s.base_len - n

@@ -1,7 +1,10 @@
-"""Draft sources for verify that need no model: prompt lookup (docs/design.md section 2).
-Shared by the runtime and the reference decoder so that both propose the same drafts."""
+"""Where verify's drafts come from (docs/design.md section 2): prompt lookup, which needs no
+model, else the decoder's module chain. Shared by the runtime and the reference decoder so
+that both propose the same drafts."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -23,3 +26,29 @@ def lookup_draft(tokens: np.ndarray, ngram: int, room: int) -> list[int]:
         return []
     start = int(hits[-1]) + ngram
     return [int(t) for t in tokens[start:start + room]]
+
+
+def make_drafts(tokens: np.ndarray, options, cache_left: int, tokens_left: int, stats,
+                module_chain: Callable[[int], tuple[list[int], list]]) -> tuple[list[int], list, bool]:
+    """verify's drafts for the positions after `tokens` (prompt and output so far): a
+    prompt-lookup draft when there is one, else `module_chain(room)` when options allow
+    (runtime.request.DraftOptions). At most options.max_draft tokens, and no more than the
+    cache (`cache_left` positions) and max_new_tokens (`tokens_left`) leave room for.
+    Counts the proposals in `stats` (runtime.request.Stats).
+
+    Returns: the drafts, the distribution each was drawn from (None for a lookup draft,
+    which is deterministic; the module's q otherwise, None under greedy), and whether
+    they came from lookup.
+    """
+    room = min(options.max_draft, cache_left, tokens_left)
+    drafts = lookup_draft(tokens, options.lookup_ngram, room)
+    if drafts:
+        qs, from_lookup = [None] * len(drafts), True
+        stats.lookup_proposed += len(drafts)
+    elif options.module and room > 0:
+        (drafts, qs), from_lookup = module_chain(room), False
+    else:
+        qs, from_lookup = [], False
+    stats.drafts_proposed += len(drafts)
+    return drafts, qs, from_lookup
+

@@ -18,14 +18,11 @@ import numpy as np
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.errors import GenerationError
-from runtime.drafts import lookup_draft
+from runtime.drafts import make_drafts
 from runtime.kv import BASE, MODULE, KVPool
 from runtime.limits import check_decode_memory
 from runtime.request import STRATEGIES, Request, Stats, check_request, check_threads  # noqa: F401  (the public names)
-from runtime.sampling import accept_draft, draw, probabilities
-
-LOOKUP = "lookup"  # stands for a prompt-lookup draft's distribution (one-hot at the draft)
-
+from runtime.sampling import accept_draft, confident, draw, probabilities
 
 @dataclass
 class Result:
@@ -231,7 +228,7 @@ class Generator:
             module_logits = self._module_step(s)
             # The confidence gate: the module's token goes out unverified only when the module
             # is sure enough (on every row); otherwise the base produces that position itself.
-            if all(self._confidence(row) >= s.request.min_confidence for row in module_logits):
+            if all(confident(row, s.request.min_confidence) for row in module_logits):
                 if (yield from self._emit(s, self._draw(s, module_logits))):
                     return
             logits = self._base_step(s, s.unseen(BASE))
@@ -241,7 +238,9 @@ class Generator:
         if (yield from self._emit(s, self._draw(s, logits[:, -1]))):
             return
         while True:
-            drafts, qs = self._draft(s)
+            drafts, qs, from_lookup = make_drafts(
+                s.tokens[0, :s.length], s.request.drafts, self.capacity - s.length,
+                s.request.max_new_tokens - (s.length - s.prompt_end), s.stats, lambda room: self._module_chain(s, room))
             ids = np.concatenate([s.unseen(BASE), [drafts]], axis=1).astype(np.int64)  # (1, 1 + k)
             logits = self._base_step(s, ids, num_logits=len(drafts) + 1)  # row i checks drafts[i]
             for i, (draft, q) in enumerate(zip(drafts, qs)):
@@ -252,8 +251,7 @@ class Generator:
                         return
                     break
                 s.stats.drafts_accepted += 1
-                if q is LOOKUP:
-                    s.stats.lookup_accepted += 1
+                s.stats.lookup_accepted += from_lookup
                 if (yield from self._emit(s, np.array([token]))):
                     return
             else:  # every draft accepted: the base's distribution after the last one is free
@@ -307,25 +305,6 @@ class Generator:
         s.stats.module_calls += 1
         return out[C.LOGITS][:, -1].copy(), out[C.MODULE_HIDDEN_STATES][:, -1].copy()
 
-    def _draft(self, s: _State) -> tuple[list[int], list]:
-        """verify's drafts for the positions after the last token, with the distribution
-        each was drawn from (None under greedy, LOOKUP for a lookup draft): a prompt-lookup
-        draft when there is one, else a module chain. At most max_draft tokens, and no more
-        than the cache and max_new_tokens leave room for."""
-        options = s.request.drafts
-        room = min(options.max_draft, self.capacity - s.length,
-                   s.request.max_new_tokens - (s.length - s.prompt_end))
-        drafts = lookup_draft(s.tokens[0, :s.length], options.lookup_ngram, room)
-        if drafts:
-            s.stats.lookup_proposed += len(drafts)
-            qs = [LOOKUP] * len(drafts)
-        elif options.module and room > 0:
-            drafts, qs = self._module_chain(s, room)
-        else:
-            qs = []
-        s.stats.drafts_proposed += len(drafts)
-        return drafts, qs
-
     def _module_chain(self, s: _State, room: int) -> tuple[list[int], list]:
         """Up to `room` drafts from the module: the first from the verified tokens, each
         next one from the module's own (g, draft), while the module's top probability for
@@ -333,7 +312,7 @@ class Generator:
         again: they are recomputed from the base's h once verified."""
         logits, g = self._module_verified(s)
         drafts, qs, chained = [], [], 0
-        if self._confidence(logits[0]) < s.request.drafts.min_probability:
+        if not confident(logits[0], s.request.drafts.min_probability):
             return drafts, qs  # not sure enough of even one draft: a plain base step is cheaper
         while True:
             draft, q = self._propose(s, logits[0])
@@ -343,16 +322,10 @@ class Generator:
                 break
             logits, g = self._module_call(s, np.array([[draft]]), g[:, None])  # (g_j, d_{j+1})
             chained += 1
-            if self._confidence(logits[0]) < s.request.drafts.min_probability:
+            if not confident(logits[0], s.request.drafts.min_probability):
                 break
         s.pool.rollback(MODULE, chained)
         return drafts, qs
-
-    @staticmethod
-    def _confidence(logits: np.ndarray) -> float:
-        """The module's probability of its most likely next token (V,) (before temperature)."""
-        shifted = np.exp(logits.astype(np.float64) - logits.max())
-        return float(shifted.max() / shifted.sum())
 
     def _probs(self, s: _State, logits: np.ndarray) -> np.ndarray:
         return probabilities(logits, s.request.sampling)
@@ -374,13 +347,11 @@ class Generator:
 
     def _accept(self, s: _State, draft: int, q: np.ndarray | None, base_logits: np.ndarray) -> tuple[bool, int]:
         """The speculative acceptance test against the base's logits (V,) for the draft's
-        position; greedy: accept iff the draft is the base's argmax, else emit the argmax."""
-        if q is None or (q is LOOKUP and s.request.sampling.greedy):
+        position (q None: a deterministic lookup draft); greedy: accept iff the draft is
+        the base's argmax, else emit the argmax."""
+        if s.request.sampling.greedy:
             token = int(base_logits.argmax())
             return token == draft, token
-        if q is LOOKUP:  # a deterministic draft: q is one-hot at it
-            q = np.zeros(base_logits.shape[-1])
-            q[draft] = 1.0
         return accept_draft(draft, self._probs(s, base_logits), q, s.rng)
 
     def _emit(self, s: _State, column: np.ndarray):

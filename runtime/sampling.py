@@ -89,13 +89,29 @@ def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
 
 
 def accept_draft(
-    draft: int, p: np.ndarray, q: np.ndarray, rng: np.random.Generator
+    draft: int, p: np.ndarray, q: np.ndarray | None, rng: np.random.Generator
 ) -> tuple[bool, int]:
     """The speculative acceptance test: keep `draft` (drawn from q) with probability
     min(1, p/q), else resample from normalize(max(0, p - q)). The token returned is
-    distributed exactly as p. Returns (accepted, token)."""
+    distributed exactly as p. q None stands for a deterministic draft (a prompt lookup's):
+    one-hot at the draft. Returns (accepted, token)."""
+    if q is None:
+        q = np.zeros_like(p)
+        q[draft] = 1.0
     p_draft, q_draft = p[draft], q[draft]
     if p_draft >= q_draft or rng.random() < p_draft / q_draft:
         return True, draft
     residual = np.maximum(p - q, 0.0)
     return False, draw(residual / residual.sum(), rng)
+
+
+def top_probability(logits: np.ndarray) -> float:
+    """The softmax probability of the most likely token of logits (V,), before temperature:
+    how sure a model is of its next token."""
+    shifted = np.exp(np.asarray(logits, dtype=np.float64) - np.max(logits))
+    return float(shifted.max() / shifted.sum())
+
+
+def confident(logits: np.ndarray, threshold: float) -> bool:
+    """top_probability(logits) >= threshold; a threshold of 0 holds without computing it."""
+    return threshold <= 0.0 or top_probability(logits) >= threshold
