@@ -1,5 +1,6 @@
-"""ONNX Runtime builds: optimized float graphs and weight-quantized CPU variants, plus the
-provider settings for onnxruntime-gpu targets (CUDA, TensorRT EP)."""
+"""ONNX Runtime builds: the fused CPU graphs (engines/ort_fused.py) in every precision, with
+their accuracy against the float graphs, and the exported graphs with the provider settings
+for onnxruntime-gpu targets (CUDA, TensorRT EP)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def build_session_files(artifacts: Artifacts, target: Target, precision: str, ou
                 ship_graph(artifacts.graph_path(name), tmp / graphs[name])
         kv_contract = C.INPLACE_CONTRACT_NAME if fused else C.CONTRACT_NAME
         accuracy = None
-        if target.name == "cpu" and precision != "fp32":
+        if fused and precision != "fp32":
             progress("measuring accuracy against the float graphs")
             accuracy = accuracy_report(artifacts, tmp, graphs, _accuracy_prompts(artifacts), kv_contract)
         device = {"name": platform.processor() or platform.machine(), "compute_capability": None}

@@ -15,12 +15,11 @@ from typing import Callable
 import numpy as np
 
 from runtime import contract as C
-from runtime.bench import text_table
+from runtime.bench import OVERALL, text_table  # noqa: F401  (OVERALL: the group of every prompt)
 from runtime.generator import Generator
 from runtime.request import STRATEGIES, DraftOptions, Request
 from runtime.kv import BASE, MODULE
 
-OVERALL = "overall"  # the group of every prompt in evaluate_by_group's report
 
 
 @dataclass
@@ -152,30 +151,49 @@ class GatePoint:
     nll_increase: float  # per-token NLL of its text under the base, relative to standard's
 
 
+@dataclass
+class _Run:
+    """One schedule's sums over prompts: its text's NLL under the base, and its speed."""
+
+    nll: float = 0.0
+    tokens: int = 0
+    decoded: int = 0  # tokens after each prompt's first
+    base_steps: int = 0  # base calls after the prefill
+    seconds: float = 0.0  # of decoding
+
+    def add(self, gen: Generator, prompt: list[int], request: Request) -> None:
+        result = gen.generate(prompt, request)
+        if result.tokens:
+            nll, count = nll_per_token(gen, prompt, result.tokens)
+            self.nll, self.tokens = self.nll + nll, self.tokens + count
+        self.decoded += result.stats.generated_tokens - 1
+        self.base_steps += result.stats.base_calls - 1
+        self.seconds += result.stats.decode_seconds
+
+    @property
+    def nll_per_token(self) -> float:
+        return self.nll / max(self.tokens, 1)
+
+    @property
+    def speed(self) -> float:
+        return self.decoded / self.seconds if self.seconds else float("nan")
+
+
 def gate_curve(gen: Generator, prompts: list[list[int]], gates: tuple[float, ...], max_new_tokens: int = 64,
                progress: Callable[[int, int], None] = lambda done, total: None) -> list[GatePoint]:
     """Speed against quality cost of alternate's confidence gate, so a user can pick a point:
-    gate 0 is the paper's alternate, gate 1 standard. Raises: GenerationError for a bad prompt."""
-    sums = {g: [0.0, 0, 0, 0, 0.0] for g in (None, *gates)}  # NLL, tokens, decoded, base steps, seconds
+    gate 0 is the paper's alternate, gate 1 standard. Standard runs again here, beside the
+    gates, so that the speedups come from one sitting. Raises: GenerationError for a bad prompt."""
+    standard, runs = _Run(), {gate: _Run() for gate in gates}
     for i, prompt in enumerate(prompts):
-        for gate in sums:
-            request = (Request("standard", max_new_tokens=max_new_tokens) if gate is None
-                       else Request("alternate", max_new_tokens=max_new_tokens, min_confidence=gate))
-            result = gen.generate(prompt, request)
-            nll, count = nll_per_token(gen, prompt, result.tokens) if result.tokens else (0.0, 0)
-            stats = result.stats
-            for k, v in enumerate((nll, count, stats.generated_tokens - 1, stats.base_calls - 1, stats.decode_seconds)):
-                sums[gate][k] += v
+        standard.add(gen, prompt, Request("standard", max_new_tokens=max_new_tokens))
+        for gate, run in runs.items():
+            run.add(gen, prompt, Request("alternate", max_new_tokens=max_new_tokens, min_confidence=gate))
         progress(i + 1, len(prompts))
-    nll_std, _, decoded_std, _, seconds_std = sums[None]
-    base_nll = nll_std / max(sums[None][1], 1)
-    points = []
-    for gate in gates:
-        nll, count, decoded, steps, seconds = sums[gate]
-        speed = decoded / seconds if seconds else float("nan")
-        points.append(GatePoint(gate, decoded / max(steps, 1), speed / (decoded_std / seconds_std) if seconds_std else
-                                float("nan"), (nll / max(count, 1) - base_nll) / base_nll if base_nll else float("nan")))
-    return points
+    base = standard.nll_per_token
+    return [GatePoint(gate, run.decoded / max(run.base_steps, 1), run.speed / standard.speed,
+                      (run.nll_per_token - base) / base if base else float("nan"))
+            for gate, run in runs.items()]
 
 
 def table(report: dict[str, Evaluation]) -> str:
