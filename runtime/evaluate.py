@@ -15,11 +15,10 @@ from typing import Callable
 import numpy as np
 
 from runtime import contract as C
-from runtime.bench import OVERALL, text_table  # noqa: F401  (OVERALL: the group of every prompt)
+from runtime.bench import OVERALL, text_table
 from runtime.generator import Generator
 from runtime.request import STRATEGIES, DraftOptions, Request
 from runtime.kv import BASE, MODULE
-
 
 
 @dataclass

@@ -6,11 +6,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
-
 from runtime.contract import DECODE_MAX_NEW
 from runtime.errors import GenerationError
-from runtime.sampling import SamplingParams
+from runtime.sampling import SamplingParams, is_integer
 
 # The decoding schedules (docs/design.md section 2). Each decoder maps every name here to its
 # schedule in one table; the CLI's choices and `evaluate` read this tuple.
@@ -78,12 +76,12 @@ class Request:
             raise GenerationError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
         if not isinstance(self.sampling, SamplingParams):
             raise GenerationError(f"sampling must be a SamplingParams, got {type(self.sampling).__name__}")
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_integer(self.max_new_tokens) or self.max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if self.stop_token_ids is not None:
             if not isinstance(self.stop_token_ids, (list, tuple)):
                 raise GenerationError(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
-            if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
+            if not all(is_integer(t) and t >= 0 for t in self.stop_token_ids):
                 raise GenerationError(f"stop_token_ids must be non-negative integers, got {list(self.stop_token_ids)}")
             object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if not isinstance(self.stop_strings, (list, tuple)):
@@ -96,10 +94,6 @@ class Request:
             raise GenerationError(f"drafts must be a DraftOptions, got {type(self.drafts).__name__}")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise GenerationError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -153,7 +147,7 @@ def check_request(prompts: list[list[int]], request: Request, max_seq_len: int, 
     for prompt in prompts:
         if not prompt:
             raise GenerationError("the prompt is empty")
-        if not all(_is_int(t) for t in prompt):
+        if not all(is_integer(t) for t in prompt):
             raise GenerationError("prompt token ids must be integers")
         if len(prompt) >= max_seq_len:
             raise GenerationError(f"the prompt has {len(prompt)} tokens; the maximum sequence length "
@@ -178,6 +172,6 @@ def check_threads(threads: int | None) -> None:
     if threads is None:
         return
     cores = os.cpu_count() or 1
-    if not _is_int(threads) or not 1 <= threads <= THREADS_PER_CORE * cores:
+    if not is_integer(threads) or not 1 <= threads <= THREADS_PER_CORE * cores:
         raise GenerationError(f"threads must be an integer in 1..{THREADS_PER_CORE * cores} "
                               f"({THREADS_PER_CORE} per core; this machine has {cores}), got {threads!r}")

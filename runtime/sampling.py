@@ -20,6 +20,11 @@ from runtime.errors import SamplingError
 MIN_TEMPERATURE = 1e-4
 
 
+def is_integer(value) -> bool:
+    """A Python or numpy integer, and not a bool (which Python counts as an int)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to turn logits into a token. temperature 0 means greedy; top_k 0 and top_p 1.0
@@ -42,12 +47,11 @@ class SamplingParams:
         if 0.0 < self.temperature < MIN_TEMPERATURE:
             raise SamplingError(f"temperature {self.temperature:g} is too small to divide logits by "
                                 f"(probabilities overflow); use 0 for greedy or at least {MIN_TEMPERATURE:g}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
+        if not is_integer(self.top_k) or self.top_k < 0:
             raise SamplingError(f"top_k must be an integer >= 0 (0 switches it off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
-                                      or not 0 <= self.seed < 2 ** 63):
+        if self.seed is not None and (not is_integer(self.seed) or not 0 <= self.seed < 2 ** 63):
             raise SamplingError(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
 
     @property
