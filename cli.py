@@ -293,16 +293,13 @@ def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temp
     ids = generator.encode(prompt, chat=chat)
     run = generator.stream(ids, request)
     if stream:
-        shown = ""
-        tokens = []
+        from runtime.tokenizer import TextDelta
+
+        delta = TextDelta(generator.codec, request.stop_strings)
         for token in run:
-            tokens.append(token)
-            text = generator.codec.decode(tokens)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                click.echo(text[len(shown):], nl=False)
-                shown = text
+            click.echo(delta.add(token), nl=False)
         result = run.result()
-        click.echo(result.text[len(shown):] if result.text.startswith(shown) else "")
+        click.echo(delta.rest(result.text))
     else:
         result = run.result()
         click.echo(result.text)

@@ -92,3 +92,42 @@ def compile_chat_template(template: str | None, source: str, error: type = Gener
         return env.from_string(template)
     except TemplateSyntaxError as exc:
         raise error(f"{source}: the chat template has a syntax error on line {exc.lineno}: {exc.message}") from None
+
+
+class TextDelta:
+    """A stream's text, released only once it can no longer change: not while it ends in an
+    incomplete UTF-8 character (the tokenizer shows U+FFFD), nor while its tail could be
+    the start of a stop string (which is never sent)."""
+
+    def __init__(self, codec, stops: tuple[str, ...]):
+        self.codec, self.stops = codec, stops
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.codec.decode(self.tokens)
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return ""
+        safe = len(text)
+        for stop in self.stops:
+            found = text.find(stop)
+            if found >= 0:
+                safe = min(safe, found)
+            else:
+                safe = min(safe, len(text) - _partial(text, stop))
+        delta = text[len(self.sent):safe]
+        self.sent += delta
+        return delta
+
+    def rest(self, final: str) -> str:
+        """What is left to send of the generation's final text (cut before a stop string)."""
+        return final[len(self.sent):] if final.startswith(self.sent) else ""
+
+
+def _partial(text: str, stop: str) -> int:
+    """The length of the longest end of `text` that begins `stop` (shorter than all of it)."""
+    for k in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:k]):
+            return k
+    return 0

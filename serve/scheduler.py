@@ -22,6 +22,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
+from runtime.tokenizer import TextDelta
 from serve.metrics import Metrics
 from serve.protocol import APIError, Spec
 
@@ -56,45 +57,6 @@ class Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the loop closed (server shutting down): nobody is listening
             self.cancelled.set()
-
-
-class TextDelta:
-    """A stream's text, released only once it can no longer change: not while it ends in an
-    incomplete UTF-8 character (the tokenizer shows U+FFFD), nor while its tail could be
-    the start of a stop string (which is never sent)."""
-
-    def __init__(self, codec, stops: tuple[str, ...]):
-        self.codec, self.stops = codec, stops
-        self.tokens: list[int] = []
-        self.sent = ""
-
-    def add(self, token: int) -> str:
-        self.tokens.append(token)
-        text = self.codec.decode(self.tokens)
-        if text.endswith("\ufffd") or not text.startswith(self.sent):
-            return ""
-        safe = len(text)
-        for stop in self.stops:
-            found = text.find(stop)
-            if found >= 0:
-                safe = min(safe, found)
-            else:
-                safe = min(safe, len(text) - _partial(text, stop))
-        delta = text[len(self.sent):safe]
-        self.sent += delta
-        return delta
-
-    def rest(self, final: str) -> str:
-        """What is left to send of the generation's final text (cut before a stop string)."""
-        return final[len(self.sent):] if final.startswith(self.sent) else ""
-
-
-def _partial(text: str, stop: str) -> int:
-    """The length of the longest end of `text` that begins `stop` (shorter than all of it)."""
-    for k in range(min(len(stop) - 1, len(text)), 0, -1):
-        if text.endswith(stop[:k]):
-            return k
-    return 0
 
 
 class Scheduler:
