@@ -16,8 +16,8 @@ import torch
 
 from recycle_export.model import KV, RecycleGPT
 from runtime.drafts import make_drafts
-from runtime.request import STRATEGIES, DraftOptions, Request, Stats, check_request  # the runtime's records
-from runtime.sampling import SamplingParams, accept_draft, confident, draw, probabilities
+from runtime.request import STRATEGIES, Request, Stats, check_request  # the runtime's records
+from runtime.sampling import accept_draft, confident, draw, probabilities
 
 @dataclass
 class Call:
@@ -42,11 +42,8 @@ class Generation:
 class _State:
     tokens: list[int]  # prompt + every token accepted so far
     n_prompt: int
-    max_new_tokens: int
-    stop_ids: set[int]
-    sampling: SamplingParams
-    drafts: DraftOptions
-    min_confidence: float
+    request: Request
+    stop_ids: set[int]  # the request's, else the model's end-of-sequence tokens
     rng: np.random.Generator
     base_kv: list[KV]
     module_kv: list[KV]
@@ -79,8 +76,7 @@ class ReferenceDecoder:
         """
         check_request([list(prompt_ids)], request, self.cfg.max_seq_len, self.cfg.vocab_size)
         stop_ids = self.eos_token_ids if request.stop_token_ids is None else request.stop_token_ids
-        s = _State(list(prompt_ids), len(prompt_ids), request.max_new_tokens, set(stop_ids),
-                   request.sampling, request.drafts, request.min_confidence, np.random.default_rng(request.sampling.seed),
+        s = _State(list(prompt_ids), len(prompt_ids), request, set(stop_ids), np.random.default_rng(request.sampling.seed),
                    self.model.empty_kv(self.cfg.n_layers), self.model.empty_kv(self.cfg.recycle_layers))
         self._schedules[request.strategy](self, s)
         return Generation(s.tokens[s.n_prompt:], s.finish_reason, s.stats, s.calls)
@@ -96,7 +92,7 @@ class ReferenceDecoder:
         logits = self._base_step(s, s.tokens[s.base_len:])
         while not self._emit(s, draw(self._probs(s, logits[-1]), s.rng)):
             module_logits = self._module_step(s)
-            if confident(module_logits, s.min_confidence):  # the confidence gate
+            if confident(module_logits, s.request.min_confidence):  # the confidence gate
                 if self._emit(s, draw(self._probs(s, module_logits), s.rng)):
                     return
             logits = self._base_step(s, s.tokens[s.base_len:])
@@ -107,8 +103,8 @@ class ReferenceDecoder:
             return
         while True:
             drafts, qs, from_lookup = make_drafts(
-                np.array(s.tokens), s.drafts, self.cfg.max_seq_len - len(s.tokens),
-                s.max_new_tokens - (len(s.tokens) - s.n_prompt), s.stats, lambda room: self._module_chain(s, room))
+                np.array(s.tokens), s.request.drafts, self.cfg.max_seq_len - len(s.tokens),
+                s.request.max_new_tokens - (len(s.tokens) - s.n_prompt), s.stats, lambda room: self._module_chain(s, room))
             logits = self._base_step(s, s.tokens[s.base_len:] + drafts, num_logits=len(drafts) + 1)
             for i, (draft, q) in enumerate(zip(drafts, qs)):
                 accepted, token = accept_draft(draft, self._probs(s, logits[i]), q, s.rng)
@@ -172,7 +168,7 @@ class ReferenceDecoder:
         chained positions leave the module cache again."""
         logits, g = self._module_verified(s)
         drafts, qs, chained = [], [], 0
-        if not confident(logits, s.drafts.min_probability):
+        if not confident(logits, s.request.drafts.min_probability):
             return drafts, qs
         while True:
             q = self._probs(s, logits)
@@ -183,7 +179,7 @@ class ReferenceDecoder:
                 break
             logits, g = self._module_call(s, [draft], g[None])  # (g_j, d_{j+1})
             chained += 1
-            if not confident(logits, s.drafts.min_probability):
+            if not confident(logits, s.request.drafts.min_probability):
                 break
         keep = s.module_len - chained
         s.module_kv = [(k[:, :, :keep], v[:, :, :keep]) for k, v in s.module_kv]
@@ -196,7 +192,7 @@ class ReferenceDecoder:
         del s.hidden[keep:]
 
     def _probs(self, s: _State, logits: np.ndarray) -> np.ndarray:
-        return probabilities(logits, s.sampling)
+        return probabilities(logits, s.request.sampling)
 
     def _emit(self, s: _State, token: int) -> bool:
         """Accept one token; returns True when generation is finished."""
@@ -204,7 +200,7 @@ class ReferenceDecoder:
             s.finish_reason = "stop"
             return True
         s.tokens.append(token)
-        if len(s.tokens) - s.n_prompt >= s.max_new_tokens:
+        if len(s.tokens) - s.n_prompt >= s.request.max_new_tokens:
             s.finish_reason = "max_new_tokens"
         elif len(s.tokens) >= self.cfg.max_seq_len:
             s.finish_reason = "length"
