@@ -164,10 +164,15 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Checkpoint (with tokenizer and chat template).")
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint to write, trained module attached.")
 @click.option("--module-out", type=click.Path(dir_okay=False), help="Also write the module alone, float16 safetensors.")
+@click.option("--data", "data_sets", multiple=True, metavar="NAME[=N]",
+              help="A data set to train on, with its number of training prompts (default: --train-prompts); "
+                   "repeat for several. NAME: instructions, requests (runtime/prompts.py) or real (real documents "
+                   "of Debian packages, six kinds, N split evenly over them; recycle_export/real_prompts.py). "
+                   "Default: instructions and requests.")
 @click.option("--train-prompts", type=int, default=512, show_default=True,
-              help="Training prompts from each template set (runtime/prompts.py; all of a smaller set).")
+              help="Training prompts from each data set that names no count (all of a smaller set).")
 @click.option("--heldout-prompts", type=int, default=48, show_default=True,
-              help="Held-out prompts (topics never trained on) from each template set.")
+              help="Held-out prompts (topics or documents never trained on) from each data set.")
 @click.option("--max-new-tokens", type=int, default=160, show_default=True, help="Answer length per prompt.")
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
@@ -188,10 +193,15 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--draft-vocab", type=int, default=8192, show_default=True,
               help="The module's LM head scores only the K tokens most frequent in the training answers "
                    "(FR-Spec); 0: the whole vocabulary.")
+@click.option("--unroll", type=int, default=1, show_default=True,
+              help="Draft positions trained at each position: 1 the first draft only; 2-3 also the module fed "
+                   "its own states, as chained drafts run (EAGLE-3's training-time test).")
+@click.option("--batch-positions", type=int, default=8192, show_default=True,
+              help="At most this many positions (rows x longest sequence) per training step.")
 @click.option("--threads", type=int, default=None)
-def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_prompts, max_new_tokens, epochs,
+def train_recycler_cmd(model_path, out, module_out, data_sets, train_prompts, heldout_prompts, max_new_tokens, epochs,
                        batch_size, lr, distill_weight, feature_weight, logit_fraction, joint, seed, generation_dtype,
-                       float32_steps, init, draft_vocab, threads) -> None:
+                       float32_steps, init, draft_vocab, unroll, batch_positions, threads) -> None:
     """Train the recyclable module on the base's own answers (resumes an interrupted run)."""
     from tqdm import tqdm
 
@@ -201,7 +211,8 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
     options = TrainOptions(train_prompts, heldout_prompts, max_new_tokens, epochs, batch_size, lr,
                            distill_weight, feature_weight, logit_fraction, joint, seed, threads=threads,
                            generation_dtype=generation_dtype, bfloat16=not float32_steps, init=init,
-                           draft_vocab=draft_vocab)
+                           draft_vocab=draft_vocab, unroll=unroll, batch_positions=batch_positions,
+                           **({"data": data_sets} if data_sets else {}))
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -220,8 +231,10 @@ def train_recycler_cmd(model_path, out, module_out, train_prompts, heldout_promp
         click.echo(f"held-out top-1 agreement before training: {before['top1_agreement']:.3f}")
     click.echo(f"held-out top-1 agreement: {after['top1_agreement']:.3f} (cross-entropy {after['cross_entropy']:.3f}, "
                f"{after['tokens']} answer tokens); took {report['seconds']['total']:.0f}s")
-    click.echo("  per template set: " + ", ".join(f"{name} {figures['top1_agreement']:.3f}"
-                                                   for name, figures in after["sets"].items()))
+    click.echo("  per data set: " + ", ".join(f"{name} {figures['top1_agreement']:.3f}"
+                                               for name, figures in after["sets"].items()))
+    click.echo("  per draft position of a chain: " + ", ".join(f"{a:.3f}" for a in after["position_agreement"])
+               + f"; a chain of {len(after['position_agreement'])} accepts {after['chain_accepted']:.2f} drafts")
     if module_out:
         save_recycler(load_checkpoint(out).model, module_out)
         click.echo(f"wrote {module_out}")

@@ -1,8 +1,9 @@
 """Self-distillation data for the recyclable module: the base model's own answers.
 
 Nothing is downloaded: prompts come from runtime/prompts.py (templates x topics written for
-this project, with held-out topics), the answers are the base model's greedy generations,
-and the base's final-normed hidden states h_j come for free from the same decoding pass.
+this project, with held-out topics) and recycle_export/real_prompts.py (real documents of
+Debian packages), the answers are the base model's greedy generations, and the base's
+final-normed hidden states h_j come for free from the same decoding pass.
 """
 
 from __future__ import annotations
@@ -26,15 +27,30 @@ class Sequence:
     prompt_len: int
 
 
+def length_batches(prompt_ids: list[list[int]], max_new_tokens: int, max_positions: int) -> list[list[int]]:
+    """Indices of the prompts in batches of similar length, shortest first, each holding at
+    most `max_positions` positions (rows x (longest prompt + max_new_tokens)); one row at
+    least."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    batches: list[list[int]] = []
+    for i in order:  # sorted, so the newest prompt is the batch's longest
+        if batches and (len(batches[-1]) + 1) * (len(prompt_ids[i]) + max_new_tokens) <= max_positions:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 @torch.no_grad()
 def generate_sequences(model: RecycleGPT, prompt_ids: list[list[int]], max_new_tokens: int,
-                       stop_ids: tuple[int, ...], batch_size: int = 16,
+                       stop_ids: tuple[int, ...], max_positions: int = 4096,
                        progress: Callable[[int], None] = lambda n: None) -> list[Sequence]:
-    """Greedy answers of the base for each prompt, with the hidden state of every position.
-    Prompts are left-padded per batch; a row stops at its first stop token (kept)."""
-    out = []
-    for first in range(0, len(prompt_ids), batch_size):
-        batch = prompt_ids[first:first + batch_size]
+    """Greedy answers of the base for each prompt (in the prompts' order), with the hidden
+    state of every position. Prompts are batched by length (length_batches) and left-padded
+    per batch; a row stops at its first stop token (kept)."""
+    out: dict[int, Sequence] = {}
+    for indices in length_batches(prompt_ids, max_new_tokens, max_positions):
+        batch = [prompt_ids[i] for i in indices]
         b, longest = len(batch), max(len(p) for p in batch)
         pad = [longest - len(p) for p in batch]
         ids = torch.tensor([[0] * n + p for n, p in zip(pad, batch)])  # (B, P)
@@ -58,13 +74,13 @@ def generate_sequences(model: RecycleGPT, prompt_ids: list[list[int]], max_new_t
             hidden.append(step.hidden)
         tokens_all = torch.cat(tokens, dim=1)  # (B, P + n)
         hidden_all = torch.cat(hidden, dim=1)  # (B, P + n - 1, dim): the last token was not run
-        for row in range(b):
+        for row, index in enumerate(indices):
             end = longest + int(lengths[row])
             # The last token was never run through the base: it is a target, without an h.
-            out.append(Sequence(tokens_all[row, pad[row]:end].clone(),
-                                hidden_all[row, pad[row]:end - 1].half().clone(), len(batch[row])))
+            out[index] = Sequence(tokens_all[row, pad[row]:end].clone(),
+                                  hidden_all[row, pad[row]:end - 1].half().clone(), len(batch[row]))
         progress(len(out))
-    return out
+    return [out[i] for i in range(len(prompt_ids))]
 
 
 def save_sequences(sequences: list[Sequence], path: Path) -> None:

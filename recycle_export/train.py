@@ -8,10 +8,12 @@ of the module's g_j onto the base's h_j (EAGLE's feature loss). The data is self
 from the decoding pass, so training never runs the frozen base again.
 Joint training (--joint) also trains the base: L = L_lm + L_rec, with h recomputed.
 
-The prompts are the first N of each template set (runtime/prompts.py). Work is kept in a
+The prompts come from named data sets (TrainOptions.data): the template sets of
+runtime/prompts.py and `real`, prompts of six kinds built around real documents
+(recycle_export/real_prompts.py), each kind its own set in the reports. Work is kept in a
 sibling folder `<out>.work/`: data shards, named by a digest of their prompts, and the latest
 training state, so a rerun resumes where the last one stopped; asking for more prompts, or
-adding a template set, only generates the shards that are missing.
+adding a data set, only generates the shards that are missing.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ import torch.nn.functional as F
 
 from recycle_export.checkpoint import Checkpoint, check_output, load_checkpoint, save_checkpoint
 from recycle_export.distill_data import Sequence, generate_sequences, load_sequences, save_sequences
+from recycle_export import real_prompts
 from runtime.prompts import TEMPLATE_SETS, prompts
-from recycle_export.model import RecycleGPT
+from recycle_export.model import RecycleGPT, rotary
 from runtime.errors import CheckpointError, ConfigError
 from runtime.files import atomic_path, write_json
 from runtime.request import check_threads
@@ -42,7 +45,11 @@ from runtime.tokenizer import TextCodec
 
 log = logging.getLogger(__name__)
 
-SHARD = 64  # prompts per data shard: the unit of resumable data generation, one generation batch
+SHARD = 64  # prompts per data shard: the unit of resumable data generation
+# Positions (prompt + answer, summed over a batch's rows) per generation batch: 64 short
+# prompts at once, fewer long ones (a batch's attention scores grow with rows x length^2).
+GENERATION_BATCH_POSITIONS = 16_384
+DATA_SETS = (*TEMPLATE_SETS, "real")
 # bfloat16 writes answers ~2x faster than float32 on CPUs with AVX512-BF16 (64 SmolLM2 answers:
 # 245 vs ~112 answer tokens/s); its greedy tokens equal float32's argmax at 98.5% of positions
 # and its hidden states differ by 1.8% (relative norm), noise the module is robust to.
@@ -51,8 +58,8 @@ GENERATION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 @dataclass(frozen=True)
 class TrainOptions:
-    train_prompts: int = 512  # from each template set (all of a set that has fewer)
-    heldout_prompts: int = 48  # from each template set
+    train_prompts: int = 512  # from each data set (all of a set that has fewer), unless `data` says
+    heldout_prompts: int = 48  # from each data set
     max_new_tokens: int = 160
     epochs: int = 3
     batch_size: int = 8  # sequences per step
@@ -74,9 +81,36 @@ class TrainOptions:
     # (Recycler.draft_tokens); 0: the whole vocabulary. On SmolLM2 (49152 tokens) 8192 cost
     # 0.001 of held-out agreement (0.5335 -> 0.5327) and 5/6 of the module's LM head.
     draft_vocab: int = 8192
+    # The data sets and how many training prompts each gives: "NAME" (train_prompts of it)
+    # or "NAME=N"; NAME from DATA_SETS. `real` splits its count evenly over its six kinds.
+    data: tuple[str, ...] = tuple(TEMPLATE_SETS)
+    # Draft positions trained per position (1: the first draft only, as RecycleGPT; 2-3:
+    # EAGLE-3's training-time test, the module also fed its own states, for chained drafts).
+    unroll: int = 1
+    # Positions (rows x longest sequence) per training step: sequences are batched by length
+    # up to this many, or `batch_size` rows, whichever comes first (long prompts of the real
+    # set would otherwise pad every row of a batch to ~2,000 positions).
+    batch_positions: int = 8192
+
+    def data_sets(self) -> list[tuple[str, int]]:
+        """(name, training prompts) per data set in `data`."""
+        out = []
+        for entry in self.data:
+            name, _, count = entry.partition("=")
+            out.append((name, int(count) if count else self.train_prompts))
+        return out
 
     def __post_init__(self) -> None:
-        for name in ("train_prompts", "heldout_prompts", "max_new_tokens", "epochs", "batch_size", "checkpoint_every"):
+        if not self.data:
+            raise ConfigError("data must name at least one data set")
+        for entry in self.data:
+            name, _, count = entry.partition("=")
+            if name not in DATA_SETS:
+                raise ConfigError(f"data set {name!r} is unknown (expected one of {', '.join(DATA_SETS)})")
+            if count and not (count.isdigit() and int(count) > 0):
+                raise ConfigError(f"data set {entry!r}: the count after '=' must be a positive integer")
+        for name in ("train_prompts", "heldout_prompts", "max_new_tokens", "epochs", "batch_size", "checkpoint_every",
+                     "unroll", "batch_positions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.distill_weight < 0 or self.feature_weight < 0:
@@ -118,12 +152,51 @@ def _batch(seqs: list[Sequence], dim: int):
     return x, y, h, mask
 
 
-def _module_states(model: RecycleGPT, x, h, mask) -> torch.Tensor:
-    """The module's g_j at every position of a teacher-forced batch: x_j with h_{j-1}
-    (zero at j = 0), the module's cache empty. (B, T, dim)."""
-    prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)  # (B, T, dim): h_{j-1}
+def _shifted(h: torch.Tensor) -> torch.Tensor:
+    """h_{j-1} at every position j, zero at j = 0: (B, T, dim) -> (B, T, dim)."""
+    return torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+
+
+def _chain_allowed(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Which keys draft position k's queries see in a teacher-forced chain, (B, 1, T, k T)
+    over the keys of passes 1..k side by side.
+
+    At run time the k-th draft of a chain started at position p sits at j = p + k - 1; the
+    module cache then holds positions up to j - k + 1 computed from the base's h (pass 1),
+    and one position each from the chain's earlier drafts: draft m's key at j - k + m.
+    """
+    t = mask.shape[1]
+    j = torch.arange(t)[:, None]  # queries
+    i = torch.arange(t)[None, :]  # keys
+    blocks = [(i <= j - k + 1)[None] & mask[:, None, :].bool()]  # (B, T, T)
+    blocks += [(i == j - k + m)[None].expand(len(mask), t, t) for m in range(2, k + 1)]
+    return torch.cat(blocks, dim=-1)[:, None]  # (B, 1, T, k T)
+
+
+def _module_states(model: RecycleGPT, x, h, mask, passes: int = 1) -> list[torch.Tensor]:
+    """The module's g_j at every position of a teacher-forced batch, (B, T, dim), for each
+    draft position of a chain (EAGLE-3's training-time test): pass 1 takes x_j with the
+    base's h_{j-1} (zero at j = 0) on an empty cache, as the first draft does; pass k > 1
+    takes x_j with pass k-1's g_{j-1}, the module's own state, and attends as the k-th draft
+    of a chain does (_chain_allowed). Pass k's g_j predicts x_{j+1} like pass 1's."""
     positions = torch.arange(x.shape[1]).expand_as(x)
-    return model.recycle_step(x, prev, positions, mask, model.empty_kv(model.cfg.recycle_layers, len(x)), 0).hidden
+    first = model.recycle_step(x, _shifted(h), positions, mask, model.empty_kv(model.cfg.recycle_layers, len(x)), 0)
+    states, keys = [first.hidden], [first.present]  # keys[pass][layer] = (key, value), (B, H_kv, T, D)
+    if passes == 1:
+        return states
+    embedded = model.base.embed_tokens(x)  # (B, T, dim)
+    cos, sin = rotary(positions, model.cfg.head_dim, model.cfg.rope_theta, first.hidden.dtype)
+    for k in range(2, passes + 1):
+        allowed = _chain_allowed(mask, k)
+        z = model.recycler.fuse(torch.cat([_shifted(states[-1]), embedded], dim=-1))  # (B, T, dim)
+        present = []
+        for n, layer in enumerate(model.recycler.layers):
+            past = tuple(torch.cat([kv[n][part] for kv in keys], dim=2) for part in (0, 1))  # (B, H_kv, (k-1) T, D)
+            z, (key, value) = layer(z, cos, sin, allowed, past)
+            present.append((key[:, :, -x.shape[1]:], value[:, :, -x.shape[1]:]))
+        keys.append(present)
+        states.append(model.recycler.norm(z))
+    return states
 
 
 def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions,
@@ -136,6 +209,7 @@ def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions
     - tokens: cross-entropy to x_{j+1}, plus `distill_weight` x KL(base || module) against the
       base's logits, on a random `logit_fraction` of the positions: the LM head is ~80% of a
       SmolLM2 module step's cost, so sampling positions makes training several times faster.
+    Both for each of `unroll` draft positions of a chain (_module_states), averaged.
     """
     x, y, h, mask = _batch(seqs, model.cfg.dim)
     lm_loss = torch.zeros(())
@@ -144,51 +218,75 @@ def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions
         base = model.base_step(x, positions, mask, model.empty_kv(model.cfg.n_layers, len(seqs)), x.shape[1])
         lm_loss = F.cross_entropy(base.logits.flatten(0, 1), y.flatten())
         h = base.hidden
-    g = _module_states(model, x, h, mask)
     valid = y != -100  # (B, T)
     loss = torch.zeros(())
-    if options.feature_weight:
-        loss = options.feature_weight * F.smooth_l1_loss(g[valid].float(), h[valid].detach().float())
-    picked = valid & (torch.rand(valid.shape, generator=generator) < options.logit_fraction)
-    if not picked.any():  # a tiny batch: keep one position so that every step has token targets
-        picked.view(-1)[valid.view(-1).nonzero()[0]] = True
-    logits = model.base.lm_head(g[picked]).float()  # (N, V)
-    loss = loss + F.cross_entropy(logits, y[picked])
-    if options.distill_weight:
-        with torch.no_grad():
-            teacher = F.log_softmax(model.base.lm_head(h[picked].detach()).float(), dim=-1)
-        student = F.log_softmax(logits, dim=-1)
-        loss = loss + options.distill_weight * F.kl_div(student, teacher, log_target=True, reduction="batchmean")
-    return loss + lm_loss
+    for k, g in enumerate(_module_states(model, x, h, mask, options.unroll), 1):
+        at = valid.clone()
+        at[:, :k - 1] = False  # the k-th draft of a chain needs k-1 positions before it
+        if options.feature_weight:
+            loss = loss + options.feature_weight * F.smooth_l1_loss(g[at].float(), h[at].detach().float())
+        picked = at & (torch.rand(at.shape, generator=generator) < options.logit_fraction)
+        if not picked.any():  # a tiny batch: keep one position so that every step has token targets
+            picked.view(-1)[at.view(-1).nonzero()[0]] = True
+        logits = model.base.lm_head(g[picked]).float()  # (N, V)
+        loss = loss + F.cross_entropy(logits, y[picked])
+        if options.distill_weight:
+            with torch.no_grad():
+                teacher = F.log_softmax(model.base.lm_head(h[picked].detach()).float(), dim=-1)
+            student = F.log_softmax(logits, dim=-1)
+            loss = loss + options.distill_weight * F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return loss / options.unroll + lm_loss
+
+
+CHAIN = 3  # draft positions the held-out evaluation measures
 
 
 def agreement(model: RecycleGPT, sets: dict[str, list[Sequence]]) -> dict:
-    """_agreement() per template set, and over all of them (weighted by tokens)."""
+    """_agreement() per data set, and over all of them (weighted by tokens)."""
     per_set = {name: _agreement(model, seqs) for name, seqs in sets.items()}
     tokens = sum(f["tokens"] for f in per_set.values())
-    return {**{key: sum(f[key] * f["tokens"] for f in per_set.values()) / tokens
-               for key in ("top1_agreement", "cross_entropy")}, "tokens": tokens, "sets": per_set}
+    overall = {key: sum(f[key] * f["tokens"] for f in per_set.values()) / tokens
+               for key in ("top1_agreement", "cross_entropy", "chain_accepted")}
+    overall["position_agreement"] = [sum(f["position_agreement"][k] * f["tokens"] for f in per_set.values()) / tokens
+                                     for k in range(CHAIN)]
+    return {**overall, "tokens": tokens, "sets": per_set}
 
 
 @torch.no_grad()
 def _agreement(model: RecycleGPT, seqs: list[Sequence]) -> dict:
-    """Top-1 agreement of the module with the base's next token on answer positions, and
-    the module's cross-entropy there (over the whole vocabulary: what training lowers)."""
-    agree = total = 0
+    """On answer positions: top-1 agreement of the module with the base's next token, and
+    its cross-entropy there (over the whole vocabulary: what training lowers); per draft
+    position k = 1..CHAIN of a chain (the module fed its own states, _module_states), the
+    top-1 agreement; and chain_accepted, the drafts a greedy chain of CHAIN started at an
+    answer position would have accepted on average (consecutive agreements, no gate)."""
+    agree = [0] * CHAIN
+    total = accepted = chains = 0
     nll = 0.0
     for first in range(0, len(seqs), 8):
         chunk = seqs[first:first + 8]
         x, y, h, mask = _batch(chunk, model.cfg.dim)
-        logits = model.base.lm_head(_module_states(model, x, h, mask))  # (B, T, V)
+        states = _module_states(model, x, h, mask, CHAIN)
         tokens = model.recycler.draft_tokens  # the top-1 is taken among these, as the graphs do
         for i, s in enumerate(chunk):
             answer = slice(s.prompt_len - 1, len(s.hidden))  # predictions of answer tokens
-            scores, target = logits[i, answer], y[i, answer]
-            pred = scores.argmax(-1) if tokens is None else tokens[scores[:, tokens].argmax(-1)]
-            agree += int((pred == target).sum())
+            target = y[i, answer]
+            hits = []
+            for k, g in enumerate(states):
+                scores = model.base.lm_head(g[i, answer])  # (N, V)
+                pred = scores.argmax(-1) if tokens is None else tokens[scores[:, tokens].argmax(-1)]
+                hits.append(pred == target)  # (N,): position n agrees at draft position k + 1
+                agree[k] += int(hits[-1].sum())
+                if k == 0:
+                    nll += float(F.cross_entropy(scores, target, reduction="sum"))
             total += len(target)
-            nll += float(F.cross_entropy(scores, target, reduction="sum"))
-    return {"top1_agreement": agree / total, "cross_entropy": nll / total, "tokens": total}
+            for start in range(len(target)):  # draft k of the chain started at `start` sits at start + k
+                n = 0
+                while n < CHAIN and start + n < len(target) and hits[n][start + n]:
+                    n += 1
+                accepted += n
+                chains += 1
+    return {"top1_agreement": agree[0] / total, "cross_entropy": nll / total, "tokens": total,
+            "position_agreement": [a / total for a in agree], "chain_accepted": accepted / chains}
 
 
 class _Work:
@@ -230,6 +328,29 @@ class _Work:
         return state
 
 
+def _epoch_batches(train: list[Sequence], options: TrainOptions, epoch: int) -> list[list[int]]:
+    """One epoch's batches of sequence indices, the same for a seed and epoch (so a resumed
+    run takes the same steps): shuffled, then sorted by length within windows of 16
+    batches' worth, cut into batches of at most batch_size rows and batch_positions
+    positions (rows x longest), and the batches shuffled again."""
+    rng = random.Random(options.seed + epoch)
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    window = 16 * options.batch_size
+    batches: list[list[int]] = []
+    for first in range(0, len(order), window):
+        current: list[int] = []
+        for i in sorted(order[first:first + window], key=lambda i: len(train[i].hidden)):
+            rows, longest = len(current) + 1, len(train[i].hidden)  # sorted: the newest is the longest
+            if current and (rows > options.batch_size or rows * longest > options.batch_positions):
+                batches.append(current)
+                current = []
+            current.append(i)
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
 def draft_vocabulary(seqs: list[Sequence], vocab_size: int, size: int) -> torch.Tensor | None:
     """The `size` tokens most frequent in the answers, sorted (None: the whole vocabulary).
     Ties go to the lower id, so the choice is deterministic."""
@@ -241,21 +362,36 @@ def draft_vocabulary(seqs: list[Sequence], vocab_size: int, size: int) -> torch.
     return torch.argsort(counts, descending=True, stable=True)[:size].sort().values
 
 
-def _data(model, codec, stop_ids, split, count, options, work, progress) -> dict[str, list[Sequence]]:
-    """The base's answers to the first `count` prompts of each template set of a split."""
-    lists = {name: prompts(split, name, options.seed)[:count] for name in TEMPLATE_SETS}
-    total, done = sum(len(texts) for texts in lists.values()), 0
+def _prompt_lists(split: str, options: TrainOptions) -> dict[str, list[list[dict]]]:
+    """The conversations of each data set for a split; `real` as one set per kind."""
+    lists = {}
+    for name, count in options.data_sets():
+        count = count if split == "train" else options.heldout_prompts
+        if name == "real":
+            per_kind = max(1, count // len(real_prompts.KINDS))
+            for prompt in real_prompts.real_prompts(split, per_kind, options.seed):
+                lists.setdefault(f"real-{prompt.kind}", []).append(prompt.chat())
+        else:
+            lists[name] = [[{"role": "user", "content": text}] for text in prompts(split, name, options.seed)[:count]]
+    return lists
+
+
+def _data(model, codec, stop_ids, split, options, work, progress) -> dict[str, list[Sequence]]:
+    """The base's answers to each data set's prompts of a split."""
+    lists = _prompt_lists(split, options)
+    total, done = sum(len(chats) for chats in lists.values()), 0
     sets, writer = {}, None
-    for name, texts in lists.items():
+    for name, chats in lists.items():
         sets[name] = []
-        for index, first in enumerate(range(0, len(texts), SHARD)):
-            chunk = texts[first:first + SHARD]
+        for index, first in enumerate(range(0, len(chats), SHARD)):
+            chunk = chats[first:first + SHARD]
             path = work.shard(split, name, index, chunk)
             if not path.is_file():
                 if writer is None:
                     writer = copy.deepcopy(model).to(GENERATION_DTYPES[options.generation_dtype])
-                ids = [codec.encode(t, chat=True) for t in chunk]
-                part = generate_sequences(writer, ids, options.max_new_tokens, stop_ids, batch_size=SHARD,
+                ids = [codec.encode_messages(chat) for chat in chunk]
+                part = generate_sequences(writer, ids, options.max_new_tokens, stop_ids,
+                                          max_positions=GENERATION_BATCH_POSITIONS,
                                           progress=lambda n: progress(f"generating {split} answers", done + n, total))
                 save_sequences(part, path)
             sets[name].extend(load_sequences(path))
@@ -290,17 +426,15 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
         init_recycler_from_base(model)
     elif not ckpt.recycler_trained:
         raise CheckpointError(f"{model_path} has no trained recyclable module to go on from (init 'checkpoint')")
-    heldout = _data(model, codec, ckpt.generation.eos_token_ids, "heldout", options.heldout_prompts, options,
-                    work, progress)
-    train_sets = _data(model, codec, ckpt.generation.eos_token_ids, "train", options.train_prompts, options, work,
-                       progress)
+    heldout = _data(model, codec, ckpt.generation.eos_token_ids, "heldout", options, work, progress)
+    train_sets = _data(model, codec, ckpt.generation.eos_token_ids, "train", options, work, progress)
     train = [s for seqs in train_sets.values() for s in seqs]
     data_seconds = time.perf_counter() - started
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(train) / options.batch_size)
-    total = steps_per_epoch * options.epochs
+    plans = [_epoch_batches(train, options, epoch) for epoch in range(options.epochs)]
+    total = sum(len(plan) for plan in plans)
     step = 0
     state = work.resumable_state()
     if state is not None:
@@ -310,11 +444,9 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
         log.info("resuming training at step %d of %d", step, total)
     before = agreement(model, heldout) if step == 0 else None
     model.train()
+    steps = [indices for plan in plans for indices in plan]
     while step < total:
-        epoch, index = divmod(step, steps_per_epoch)
-        order = list(range(len(train)))
-        random.Random(options.seed + epoch).shuffle(order)
-        batch = [train[i] for i in order[index * options.batch_size:(index + 1) * options.batch_size]]
+        batch = [train[i] for i in steps[step]]
         lr = options.lr * 0.5 * (1 + math.cos(math.pi * step / total))  # cosine to zero
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -337,7 +469,7 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
     report = {
         "options": dataclasses.asdict(options),
         "data": {"source": f"self-distillation: greedy answers of the base in {options.generation_dtype} to "
-                           "template x topic prompts (recycle_export/distill_data.py)",
+                           f"the prompts of {', '.join(options.data)} (recycle_export/distill_data.py)",
                  "train_sequences": {name: len(seqs) for name, seqs in train_sets.items()},
                  "train_tokens": sum(len(s.hidden) for s in train),
                  "heldout_sequences": {name: len(seqs) for name, seqs in heldout.items()}},

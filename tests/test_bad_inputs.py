@@ -387,6 +387,12 @@ CASES = [
                                                  "--logit-fraction", "2"], "logit_fraction"),
     ("errors", "train-threads-zero", NOTHING, ["train-recycler", "--model", C, "--out", "{tmp}/t", "--threads", "0"],
      "threads must be"),
+    ("errors", "train-data-unknown", NOTHING, ["train-recycler", "--model", C, "--out", "{tmp}/t", "--data", "wiki"],
+     "data set 'wiki' is unknown"),
+    ("errors", "train-data-count", NOTHING, ["train-recycler", "--model", C, "--out", "{tmp}/t", "--data", "real=x"],
+     "must be a positive integer"),
+    ("errors", "train-unroll-zero", NOTHING, ["train-recycler", "--model", C, "--out", "{tmp}/t", "--unroll", "0"],
+     "unroll must be >= 1"),
     # 5. Results that used to be silently wrong (exit 0) are refused.
     ("silent", "stop-empty", NOTHING, GEN + ["--stop", ""], "stop strings must be non-empty"),
     ("silent", "stop-empty-among-others", NOTHING, GEN + ["--stop", "x", "--stop", ""], "non-empty"),

@@ -136,3 +136,54 @@ def test_training_goes_on_from_a_trained_module(tiny_chat_checkpoint, tmp_path):
     assert load_checkpoint(tmp_path / "first").recycler_trained
     with pytest.raises(CheckpointError, match="no trained recyclable module"):
         train_recycler(tiny_chat_checkpoint, tmp_path / "none", dataclasses.replace(OPTIONS, init="checkpoint"))
+
+
+def test_chain_training_states_equal_a_chain_run_step_by_step(tiny_chat_checkpoint):
+    """Pass k of the teacher-forced unrolled module (one batched call) gives, at every
+    position, the very state the k-th draft of a chain gets when the module runs step by
+    step on its cache as the runtime does: first draft from the base's h, the next ones
+    from the module's own g. Right-padded rows included."""
+    import torch
+
+    from recycle_export.train import _module_states
+
+    # float32 sums in another order (batched vs one position at a time) differ by ~1e-5
+    # after the final norm; a wrong key in the chain's attention differs by ~1e-1.
+    tol = {"atol": 1e-4, "rtol": 1e-4}
+    model = load_checkpoint(tiny_chat_checkpoint).model.eval()
+    cfg = model.cfg
+    torch.manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (2, 9))
+    h = torch.randn(2, 9, cfg.dim)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0  # row 1 holds 6 positions
+    with torch.no_grad():
+        states = _module_states(model, x, h, mask, 3)
+        for row, length in ((0, 9), (1, 6)):
+            for p in range(length - 2):  # a chain started after position p: drafts at p, p + 1, p + 2
+                xs, hs = x[row:row + 1, :p + 1], h[row:row + 1, :p + 1]
+                prev = torch.cat([torch.zeros_like(hs[:, :1]), hs[:, :-1]], dim=1)
+                ones = torch.ones(1, p + 1, dtype=torch.long)
+                step = model.recycle_step(xs, prev, torch.arange(p + 1)[None], ones,
+                                          model.empty_kv(cfg.recycle_layers), 1)
+                g, cache = step.hidden[:, -1:], step.present
+                torch.testing.assert_close(g[0, 0], states[0][row, p], **tol)
+                for k in (1, 2):  # the draft after: x at p + k with the module's own g
+                    step = model.recycle_step(x[row:row + 1, p + k:p + k + 1], g, torch.tensor([[p + k]]),
+                                              torch.ones(1, p + k + 1, dtype=torch.long), cache, 1)
+                    g, cache = step.hidden, step.present
+                    torch.testing.assert_close(g[0, 0], states[k][row, p + k], **tol)
+
+
+def test_chain_training_runs_and_reports_each_draft_position(tiny_chat_checkpoint, tmp_path):
+    import dataclasses
+
+    report = train_recycler(tiny_chat_checkpoint, tmp_path / "out", dataclasses.replace(OPTIONS, unroll=3))
+    before, after = report["heldout_before"], report["heldout_after"]
+    assert after["cross_entropy"] < before["cross_entropy"] - 0.2
+    assert len(after["position_agreement"]) == 3 and after["position_agreement"][0] == after["top1_agreement"]
+    assert 0 <= after["chain_accepted"] <= 3
+    # A chain accepts at most the first draft's agreement plus what the later drafts add.
+    assert after["chain_accepted"] >= after["top1_agreement"] - 1e-9
+    for figures in after["sets"].values():
+        assert len(figures["position_agreement"]) == 3
