@@ -265,9 +265,9 @@ def _interleave(*lists: list) -> list:
 
 def _summaries(split: str, rng: random.Random):
     handbook_docs = [(f"handbook:{s}", lambda s=s: as_text(cut(list(_handbook_blocks(s)),
-                                                               rng.choice([300, 600, 900, 1150]))))
+                                                               rng.choice([300, 500, 700, 900]))))
                      for s in _handbook_sections()]
-    pydoc_docs = [(_pydoc_key(rel), lambda rel=rel: as_text(cut(list(_pydoc_blocks(rel)), rng.choice([250, 500, 800]))))
+    pydoc_docs = [(_pydoc_key(rel), lambda rel=rel: as_text(cut(list(_pydoc_blocks(rel)), rng.choice([250, 400, 600]))))
                   for rel in _pydoc_pages()]
     rng.shuffle(handbook_docs)
     rng.shuffle(pydoc_docs)
