@@ -2,7 +2,7 @@
 (runtime.request.DraftOptions) were chosen.
 
     python benchmarks/verify_drafts.py --artifacts build/smollm2-onnx --engine cpu-fp32 \
-        [--task-set real] [--per-kind 2] [--max-new-tokens 64]
+        [--task-set real] [--per-kind 2] [--max-new-tokens 64] [--configs "lookup n2 k3,module chain k3 p0"]
 
 Greedy, stop tokens off. For each prompt every configuration runs back to back (standard
 first), so drift hits all alike; speed is decoded tokens over decode seconds per kind, and
@@ -31,6 +31,9 @@ CONFIGS = {
     "lookup n3 k3": DraftOptions(3, 3, False),
     "lookup n2 k3 + module p0.5": DraftOptions(3, 2, True, 0.5),
     "lookup n2 k3 + module p0.9": DraftOptions(3, 2, True, 0.9),
+    "lookup n2 k3 + module p0.3": DraftOptions(3, 2, True, 0.3),
+    "module chain k3 p0": DraftOptions(3, 0, True, 0.0),
+    "module chain k3 p0.3": DraftOptions(3, 0, True, 0.3),
 }
 
 
@@ -42,12 +45,18 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help="comma-separated configuration names to run (default: all)")
     args = parser.parse_args()
+    chosen = args.configs.split(",")
+    unknown = sorted(set(chosen) - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
     gen = Generator.from_artifacts(args.artifacts, args.engine, args.threads)
     tasks = encode_task_set(gen, args.task_set, per_kind=args.per_kind, max_new_tokens=args.max_new_tokens)
     requests = {"standard": Request("standard", max_new_tokens=args.max_new_tokens, stop_token_ids=())}
     requests.update({name: Request("verify", max_new_tokens=args.max_new_tokens, stop_token_ids=(), drafts=d)
-                     for name, d in CONFIGS.items()})
+                     for name, d in CONFIGS.items() if name in chosen})
     gen.generate(tasks.prompts[0], Request(max_new_tokens=4))  # warm-up
     decoded, seconds, steps = (defaultdict(lambda: defaultdict(float)) for _ in range(3))
     differ: dict[str, int] = defaultdict(int)
