@@ -324,10 +324,13 @@ def generate(artifacts, model_path, prompt, chat, strategy, max_new_tokens, temp
 
 
 def _calls(st) -> str:
+    from runtime.bench import by_position
+
     text = f"base calls {st.base_calls}, module calls {st.module_calls}"
     if st.drafts_proposed:
         text += (f", drafts accepted {st.drafts_accepted}/{st.drafts_proposed} (lookup "
-                 f"{st.lookup_accepted}/{st.lookup_proposed}), {st.tokens_per_base_call:.2f} tokens per base call")
+                 f"{st.lookup_accepted}/{st.lookup_proposed}; by draft position {by_position(st.acceptance_at)}), "
+                 f"{st.tokens_per_base_call:.2f} tokens per base call")
     return text
 
 

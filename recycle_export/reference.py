@@ -113,8 +113,7 @@ class ReferenceDecoder:
                     if self._emit(s, token):
                         return
                     break
-                s.stats.drafts_accepted += 1
-                s.stats.lookup_accepted += from_lookup
+                s.stats.accepted(i, from_lookup)
                 if self._emit(s, token):
                     return
             else:  # every draft accepted: the base's distribution after the last one is free

@@ -38,6 +38,7 @@ class StrategyFigures:
     module_calls: int
     acceptance: float | None
     tokens_per_base_call: float | None  # after the prefill
+    acceptance_at: tuple[float | None, ...] = ()  # verify: per draft position (runtime.request.Stats)
     speedup: float | None = None  # over standard, when standard ran
 
 
@@ -74,12 +75,25 @@ def _figures(runs: dict[str, list[list[Result]]], rows: list[int]) -> list[Strat
             sum(s.generated_tokens for s in stats), sum(s.base_calls for s in stats),
             sum(s.module_calls for s in stats),
             sum(s.drafts_accepted for s in stats) / proposed if proposed else None,
-            sum(s.generated_tokens - s.batch for s in stats) / max(sum(s.base_calls - 1 for s in stats), 1)))
+            sum(s.generated_tokens - s.batch for s in stats) / max(sum(s.base_calls - 1 for s in stats), 1),
+            _acceptance_at(stats)))
     baseline = next((f for f in figures if f.strategy == "standard"), None)
     for f in figures:
         if baseline is not None:
             f.speedup = f.decode_tokens_per_s / baseline.decode_tokens_per_s
     return figures
+
+
+def _acceptance_at(stats) -> tuple[float | None, ...]:
+    proposed = [sum(column) for column in zip(*(s.proposed_at for s in stats))]
+    accepted = [sum(column) for column in zip(*(s.accepted_at for s in stats))]
+    return tuple(a / p if p else None for a, p in zip(accepted, proposed))
+
+
+def by_position(values: tuple[float | None, ...]) -> str:
+    """Acceptance per draft position as "0.71/0.55/0.40" ("-" where none was drafted)."""
+    return "-" if not any(v is not None for v in values) else "/".join(
+        "-" if v is None else f"{v:.2f}" for v in values)
 
 
 def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[str, ...],
@@ -112,11 +126,11 @@ def run_bench_by_group(generator: Generator, prompts: list[list[int]], groups: l
 
 def table(figures: list[StrategyFigures]) -> str:
     rows = [("strategy", "decode tok/s", "spread (min-max)", "prefill tok/s", "tokens",
-             "base calls", "module calls", "acceptance", "tokens/base call", "speedup")]
+             "base calls", "module calls", "acceptance", "by draft position", "tokens/base call", "speedup")]
     for f in figures:
         rows.append((f.strategy, f"{f.decode_tokens_per_s:.1f}", f"{f.spread[0]:.1f}-{f.spread[1]:.1f}",
                      f"{f.prefill_tokens_per_s:.0f}", str(f.tokens), str(f.base_calls), str(f.module_calls),
-                     "-" if f.acceptance is None else f"{f.acceptance:.2f}",
+                     "-" if f.acceptance is None else f"{f.acceptance:.2f}", by_position(f.acceptance_at),
                      "-" if f.tokens_per_base_call is None else f"{f.tokens_per_base_call:.2f}",
                      "-" if f.speedup is None else f"{f.speedup:.2f}x"))
     return text_table(rows)
@@ -124,12 +138,14 @@ def table(figures: list[StrategyFigures]) -> str:
 
 def group_table(report: dict[str, list[StrategyFigures]], prompts: dict[str, int]) -> str:
     """One row per group and strategy: the per-kind view of run_bench_by_group."""
-    rows = [("kind", "prompts", "strategy", "decode tok/s", "spread (min-max)", "tokens", "acceptance", "speedup")]
+    rows = [("kind", "prompts", "strategy", "decode tok/s", "spread (min-max)", "tokens", "acceptance",
+             "by draft position", "tokens/base call", "speedup")]
     for group, figures in report.items():
         for f in figures:
             rows.append((group, str(prompts[group]), f.strategy, f"{f.decode_tokens_per_s:.1f}",
                          f"{f.spread[0]:.1f}-{f.spread[1]:.1f}", str(f.tokens),
-                         "-" if f.acceptance is None else f"{f.acceptance:.2f}",
+                         "-" if f.acceptance is None else f"{f.acceptance:.2f}", by_position(f.acceptance_at),
+                         "-" if f.tokens_per_base_call is None else f"{f.tokens_per_base_call:.2f}",
                          "-" if f.speedup is None else f"{f.speedup:.2f}x"))
     return text_table(rows)
 

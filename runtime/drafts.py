@@ -44,11 +44,10 @@ def make_drafts(tokens: np.ndarray, options, cache_left: int, tokens_left: int, 
     drafts = lookup_draft(tokens, options.lookup_ngram, room)
     if drafts:
         qs, from_lookup = [None] * len(drafts), True
-        stats.lookup_proposed += len(drafts)
     elif options.module and room > 0:
         (drafts, qs), from_lookup = module_chain(room), False
     else:
         qs, from_lookup = [], False
-    stats.drafts_proposed += len(drafts)
+    stats.proposed(len(drafts), from_lookup)
     return drafts, qs, from_lookup
 

@@ -250,8 +250,7 @@ class Generator:
                     if (yield from self._emit(s, np.array([token]))):
                         return
                     break
-                s.stats.drafts_accepted += 1
-                s.stats.lookup_accepted += from_lookup
+                s.stats.accepted(i, from_lookup)
                 if (yield from self._emit(s, np.array([token]))):
                     return
             else:  # every draft accepted: the base's distribution after the last one is free

@@ -4,7 +4,7 @@ the Stats, and the one check of a request that the runtime and the reference dec
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runtime.contract import DECODE_MAX_NEW
 from runtime.errors import GenerationError
@@ -104,15 +104,37 @@ class Stats:
     drafts_accepted: int = 0
     lookup_proposed: int = 0  # of those, from prompt lookup
     lookup_accepted: int = 0
+    # Per draft position (index 0: the first draft after a base step), all sources.
+    proposed_at: list[int] = field(default_factory=lambda: [0] * MAX_DRAFT)
+    accepted_at: list[int] = field(default_factory=lambda: [0] * MAX_DRAFT)
     batch: int = 1
     prompt_tokens: int = 0
     generated_tokens: int = 0  # over all rows
     prefill_seconds: float = 0.0  # up to the first generated token
     decode_seconds: float = 0.0  # from the first generated token to the last
 
+    def proposed(self, count: int, from_lookup: bool) -> None:
+        """Count `count` drafts proposed for one base step."""
+        self.drafts_proposed += count
+        self.lookup_proposed += count if from_lookup else 0
+        for i in range(count):
+            self.proposed_at[i] += 1
+
+    def accepted(self, position: int, from_lookup: bool) -> None:
+        """Count the draft at `position` (0-based within its step) as accepted."""
+        self.drafts_accepted += 1
+        self.lookup_accepted += from_lookup
+        self.accepted_at[position] += 1
+
     @property
     def acceptance(self) -> float | None:
         return self.drafts_accepted / self.drafts_proposed if self.drafts_proposed else None
+
+    @property
+    def acceptance_at(self) -> list[float | None]:
+        """Acceptance of the drafts at each draft position: a later draft counts as proposed
+        only when it was drafted, and is accepted only after every earlier one was."""
+        return [a / p if p else None for a, p in zip(self.accepted_at, self.proposed_at)]
 
     @property
     def tokens_per_base_call(self) -> float | None:

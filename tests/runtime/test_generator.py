@@ -241,8 +241,13 @@ def test_multi_token_drafts_equal_reference_and_standard(generator, tiny, drafts
         standard = generator.generate(prompt, Request("standard", max_new_tokens=30, stop_token_ids=()))
         assert ours.tokens == ref.tokens == standard.tokens
         fields = ("base_calls", "module_calls", "drafts_proposed", "drafts_accepted", "lookup_proposed",
-                  "lookup_accepted")
+                  "lookup_accepted", "proposed_at", "accepted_at")
         assert [getattr(ours.stats, f) for f in fields] == [getattr(ref.stats, f) for f in fields]
+        st = ours.stats  # per draft position: the totals split, a later draft only after an earlier one
+        assert sum(st.proposed_at) == st.drafts_proposed and sum(st.accepted_at) == st.drafts_accepted
+        assert all(a <= p for a, p in zip(st.accepted_at, st.proposed_at))
+        assert all(later <= earlier for earlier, later in zip(st.proposed_at, st.proposed_at[1:]))
+        assert all(later <= earlier for earlier, later in zip(st.accepted_at, st.accepted_at[1:]))
         assert ours.stats.base_calls <= standard.stats.base_calls  # a step yields one token or more
 
 
