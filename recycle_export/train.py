@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from recycle_export.checkpoint import Checkpoint, check_output, load_checkpoint, save_checkpoint
-from recycle_export.distill_data import Sequence, generate_sequences, load_sequences, save_sequences
+from recycle_export.distill_data import (Sequence, engine_sequences, generate_sequences, load_sequences,
+                                         save_sequences)
 from recycle_export import real_prompts
 from runtime.prompts import TEMPLATE_SETS, prompts
 from recycle_export.model import RecycleGPT, rotary
@@ -91,6 +92,13 @@ class TrainOptions:
     # up to this many, or `batch_size` rows, whichever comes first (long prompts of the real
     # set would otherwise pad every row of a batch to ~2,000 positions).
     batch_positions: int = 8192
+    # Write the answers with an ONNX Runtime engine of the same base instead of PyTorch
+    # (distill_data.engine_sequences): an export folder, and an engine built under it (None:
+    # its exported graphs). On SmolLM2 the fused cpu-fp32 engine writes long-prompt answers
+    # ~10x faster than PyTorch in bfloat16, and its float32 greedy answers are the ones that
+    # engine's users get.
+    answers_artifacts: str | None = None
+    answers_engine: str | None = None
 
     def data_sets(self) -> list[tuple[str, int]]:
         """(name, training prompts) per data set in `data`."""
@@ -296,12 +304,16 @@ class _Work:
     answers; the training state is resumed only when every training option is the same,
     and restarted otherwise."""
 
-    DATA_OPTIONS = ("max_new_tokens", "seed", "generation_dtype")
+    DATA_OPTIONS = ("max_new_tokens", "seed", "generation_dtype", "answers_engine")
 
     def __init__(self, out: Path, options: TrainOptions):
         self.dir = out.with_name(out.name + ".work")
         self.dir.mkdir(parents=True, exist_ok=True)
         data = {k: getattr(options, k) for k in self.DATA_OPTIONS}
+        if options.answers_artifacts:  # the engine's precision, not the PyTorch dtype, shapes the answers
+            data["generation_dtype"] = None
+        else:
+            del data["answers_engine"]  # as work folders written before engines could write answers
         marker = self.dir / "data.json"
         if marker.is_file() and json.loads(marker.read_text()) != data:
             raise CheckpointError(f"{self.dir} holds data generated with {json.loads(marker.read_text())}, "
@@ -362,6 +374,33 @@ def draft_vocabulary(seqs: list[Sequence], vocab_size: int, size: int) -> torch.
     return torch.argsort(counts, descending=True, stable=True)[:size].sort().values
 
 
+def _answer_writer(model: RecycleGPT, options: TrainOptions, probe: list[int]):
+    """What writes the answers: a copy of the base in generation_dtype, or a Generator over
+    the answers engine, checked to hold the same base: its greedy next token must agree
+    with the PyTorch base's at 90% of a prompt's positions at least (a quantized engine of
+    the same base agrees at ~95%, another model at chance).
+
+    Raises: CheckpointError when the engine's base is not this checkpoint's."""
+    if not options.answers_artifacts:
+        return copy.deepcopy(model).to(GENERATION_DTYPES[options.generation_dtype])
+    from runtime.evaluate import base_states
+    from runtime.generator import Generator
+
+    generator = Generator.from_artifacts(options.answers_artifacts, options.answers_engine, options.threads)
+    engine_logits, _ = base_states(generator.backend, generator.dims, probe)
+    with torch.no_grad():
+        n = len(probe)
+        ours = model.base_step(torch.tensor([probe]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.long),
+                               model.empty_kv(model.cfg.n_layers), n).logits[0]
+    agreement = float((ours.argmax(-1).numpy() == engine_logits.argmax(-1)).mean())
+    if agreement < 0.9:
+        raise CheckpointError(f"the answers engine ({options.answers_artifacts}, {options.answers_engine or 'exported graphs'}) "
+                              f"agrees with this checkpoint's base on {agreement:.0%} of a prompt's next tokens: "
+                              "it was not built from this base")
+    log.info("answers engine agrees with the base on %.1f%% of the probe's next tokens", 100 * agreement)
+    return generator
+
+
 def _prompt_lists(split: str, options: TrainOptions) -> dict[str, list[list[dict]]]:
     """The conversations of each data set for a split; `real` as one set per kind."""
     lists = {}
@@ -387,12 +426,15 @@ def _data(model, codec, stop_ids, split, options, work, progress) -> dict[str, l
             chunk = chats[first:first + SHARD]
             path = work.shard(split, name, index, chunk)
             if not path.is_file():
-                if writer is None:
-                    writer = copy.deepcopy(model).to(GENERATION_DTYPES[options.generation_dtype])
                 ids = [codec.encode_messages(chat) for chat in chunk]
-                part = generate_sequences(writer, ids, options.max_new_tokens, stop_ids,
-                                          max_positions=GENERATION_BATCH_POSITIONS,
-                                          progress=lambda n: progress(f"generating {split} answers", done + n, total))
+                if writer is None:
+                    writer = _answer_writer(model, options, ids[0])
+                report = lambda n: progress(f"generating {split} answers", done + n, total)  # noqa: E731
+                if options.answers_artifacts:
+                    part = engine_sequences(writer, ids, options.max_new_tokens, stop_ids, report)
+                else:
+                    part = generate_sequences(writer, ids, options.max_new_tokens, stop_ids,
+                                              max_positions=GENERATION_BATCH_POSITIONS, progress=report)
                 save_sequences(part, path)
             sets[name].extend(load_sequences(path))
             done += len(chunk)
@@ -468,8 +510,10 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
     after = agreement(model, heldout)
     report = {
         "options": dataclasses.asdict(options),
-        "data": {"source": f"self-distillation: greedy answers of the base in {options.generation_dtype} to "
-                           f"the prompts of {', '.join(options.data)} (recycle_export/distill_data.py)",
+        "data": {"source": "self-distillation: greedy answers of the base "
+                           + (f"(ONNX Runtime engine {options.answers_engine or 'exported graphs'})"
+                              if options.answers_artifacts else f"in {options.generation_dtype}")
+                           + f" to the prompts of {', '.join(options.data)} (recycle_export/distill_data.py)",
                  "train_sequences": {name: len(seqs) for name, seqs in train_sets.items()},
                  "train_tokens": sum(len(s.hidden) for s in train),
                  "heldout_sequences": {name: len(seqs) for name, seqs in heldout.items()}},

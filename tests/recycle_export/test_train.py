@@ -187,3 +187,41 @@ def test_chain_training_runs_and_reports_each_draft_position(tiny_chat_checkpoin
     assert after["chain_accepted"] >= after["top1_agreement"] - 1e-9
     for figures in after["sets"].values():
         assert len(figures["position_agreement"]) == 3
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_artifacts(tiny_chat_checkpoint, tmp_path_factory):
+    from recycle_export.export import export
+
+    out = tmp_path_factory.mktemp("tiny_chat_export") / "artifacts"
+    export(tiny_chat_checkpoint, out)
+    return out
+
+
+def test_engine_answers_equal_pytorch_answers(tiny_chat_checkpoint, tiny_chat_artifacts):
+    """Answers written by the ONNX Runtime engine: the tokens PyTorch's float32 base writes
+    (the stop token included), the same h at every position."""
+    import torch
+
+    from recycle_export.distill_data import engine_sequences, generate_sequences
+    from runtime.generator import Generator
+
+    model = load_checkpoint(tiny_chat_checkpoint).model
+    prompts = [[33, 34, 35, 36], [40, 41], [50, 60, 70]]
+    free = generate_sequences(model, prompts, 8, stop_ids=())
+    stop = int(free[0].tokens[4 + 3])  # the 4th answer token of the first prompt stops it there
+    with Generator.from_artifacts(tiny_chat_artifacts) as gen:
+        ours = engine_sequences(gen, prompts, 8, (stop,))
+    theirs = generate_sequences(model, prompts, 8, (stop,))
+    assert ours[0].tokens[-1] == stop and len(ours[0].tokens) == 4 + 4
+    for a, b in zip(ours, theirs):
+        assert a.tokens.tolist() == b.tokens.tolist() and a.prompt_len == b.prompt_len
+        torch.testing.assert_close(a.hidden.float(), b.hidden.float(), atol=2e-3, rtol=2e-3)  # float16 storage
+
+
+def test_answers_engine_of_another_base_is_refused(tiny_chat_checkpoint, tiny_artifacts, tmp_path):
+    import dataclasses
+
+    options = dataclasses.replace(OPTIONS, answers_artifacts=str(tiny_artifacts))
+    with pytest.raises(CheckpointError, match="was not built from this base"):
+        train_recycler(tiny_chat_checkpoint, tmp_path / "out", options)
