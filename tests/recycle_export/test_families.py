@@ -1,0 +1,117 @@
+"""Each supported family against transformers on the same tiny random weights, loaded from a
+sharded Hugging Face directory and from a GGUF file; then exported, and run by the runtime
+token for token against the reference decoder. `pytest -s -k parity` prints the figures."""
+
+import logging
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from recycle_export.checkpoint import load_checkpoint  # noqa: E402
+from runtime.errors import ConfigError  # noqa: E402
+from tests.families import FAMILIES, GGUF_ARCH, hf_model, save_hf, write_gguf  # noqa: E402
+
+TOL = 1e-4
+PROMPT, STEPS = 12, (1, 2)  # prefill 12 positions, then cached steps of 1 and 2 tokens
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    """family -> (transformers model, its Hugging Face directory)."""
+    logging.getLogger("recycle_export").setLevel(logging.ERROR)
+    root = tmp_path_factory.mktemp("families")
+    return {family: (model, save_hf(model, root / family))
+            for family in FAMILIES for model in [hf_model(family)]}
+
+
+def parity(hf, ours) -> tuple[float, float]:
+    """Max |logit difference| of a prefill and of the cached steps after it."""
+    ids = torch.randint(0, 96, (1, PROMPT + sum(STEPS)), generator=torch.Generator().manual_seed(1))
+    cache = transformers.DynamicCache(config=hf.config)
+    with torch.no_grad():
+        expected = hf(ids[:, :PROMPT], past_key_values=cache, use_cache=True).logits
+        out = ours.base_step(ids[:, :PROMPT], torch.arange(PROMPT)[None], torch.ones(1, PROMPT, dtype=torch.long),
+                             ours.empty_kv(ours.cfg.n_layers), num_logits=PROMPT)
+        assert expected.abs().max() > 1.0, "logits too small for the comparison to mean much"
+        prefill = float((out.logits - expected).abs().max())
+        step, start, past = 0.0, PROMPT, out.present
+        for size in STEPS:
+            chunk = ids[:, start:start + size]
+            hf_step = hf(chunk, past_key_values=cache, use_cache=True).logits
+            out = ours.base_step(chunk, torch.arange(start, start + size)[None],
+                                 torch.ones(1, start + size, dtype=torch.long), past, num_logits=size)
+            step, start, past = max(step, float((out.logits - hf_step).abs().max())), start + size, out.present
+    return prefill, step
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parity_hf_directory(family_dirs, family):
+    hf, folder = family_dirs[family]
+    ours = load_checkpoint(folder).model
+    prefill, step = parity(hf, ours)
+    print(f"\n{family} (HF directory): max |logit diff| prefill {prefill:.2e}, cached step {step:.2e}")
+    assert prefill <= TOL and step <= TOL
+
+
+@pytest.mark.parametrize("family", GGUF_ARCH)
+def test_parity_gguf(family_dirs, family, tmp_path):
+    from recycle_export.gguf_import import import_gguf
+
+    hf = family_dirs[family][0]
+    ours = import_gguf(write_gguf(hf, family, tmp_path / f"{family}.gguf")).model
+    prefill, step = parity(hf, ours)
+    print(f"\n{family} (GGUF {GGUF_ARCH[family]}): max |logit diff| prefill {prefill:.2e}, cached step {step:.2e}")
+    assert prefill <= TOL and step <= TOL
+
+
+def test_family_fields(family_dirs):
+    cfgs = {family: load_checkpoint(folder).config for family, (_, folder) in family_dirs.items()}
+    assert cfgs["qwen2"].qkv_bias and not cfgs["qwen3"].qkv_bias
+    assert cfgs["qwen3"].qk_norm and not cfgs["llama3"].qk_norm
+    assert cfgs["llama3"].rope_scaling["rope_type"] == "llama3" and cfgs["llama3"].tie_embeddings
+    assert cfgs["phi3"].rope_scaling["rope_type"] == "longrope" and cfgs["phi3"].max_seq_len == 64
+    assert cfgs["mistral"].sliding_window == 64 and cfgs["mistral"].max_seq_len == 64
+
+
+def _hf_config(family: str, **changes) -> dict:
+    config = hf_model(family).config.to_dict()
+    config.update(changes)
+    return config
+
+
+@pytest.mark.parametrize("family, changes, message", [
+    ("qwen3", {"model_type": "qwen3_moe", "num_experts": 8}, "model_type 'qwen3_moe' is not supported"),
+    ("qwen2", {"num_experts": 8}, "config field 'num_experts' is 8"),
+    ("llama3", {"final_logit_softcapping": 30.0}, "config field 'final_logit_softcapping'"),
+    ("llama3", {"attention_bias": True}, "config field 'attention_bias' is true"),
+    ("llama3", {"mlp_bias": True}, "config field 'mlp_bias'"),
+    ("llama3", {"hidden_act": "gelu"}, "config field 'hidden_act' is 'gelu'"),
+    ("llama3", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+     "config field 'rope_type' is 'yarn'"),
+    ("llama3", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0}},
+     "config field 'rope_type' is 'dynamic'"),
+    ("phi3", {"partial_rotary_factor": 0.75}, "config field 'partial_rotary_factor' is 0.75"),
+    ("qwen2", {"layer_types": ["full_attention", "chunked_attention"]}, "config field 'layer_types'"),
+])
+def test_refuses_what_the_model_does_not_implement(family, changes, message):
+    from recycle_export.families import config_from_hf
+
+    with pytest.raises(ConfigError, match=message):
+        config_from_hf(_hf_config(family, **changes), "config.json")
+
+
+def test_sliding_window_bounds_max_seq_len():
+    import dataclasses
+
+    from recycle_export.families import config_from_hf
+
+    cfg = config_from_hf(_hf_config("mistral"), "config.json")
+    with pytest.raises(ConfigError, match=r"'max_seq_len' \(100\) exceeds the model's sliding window \(64\)"):
+        dataclasses.replace(cfg, max_seq_len=100)
+    qwen = config_from_hf(_hf_config("qwen2", use_sliding_window=True, sliding_window=32), "config.json")
+    assert qwen.max_seq_len == 32 and qwen.sliding_window == 32
+    phi = config_from_hf(_hf_config("phi3"), "config.json")
+    with pytest.raises(ConfigError, match="longrope switches to its long factors"):
+        dataclasses.replace(phi, max_seq_len=65)
