@@ -61,6 +61,9 @@ def test_parity_gguf(family_dirs, family, tmp_path):
 
     hf = family_dirs[family][0]
     ours = import_gguf(write_gguf(hf, family, tmp_path / f"{family}.gguf")).model
+    hf_cfg = load_checkpoint(family_dirs[family][1]).config
+    for field in ("qkv_bias", "qk_norm", "tie_embeddings", "sliding_window", "max_seq_len", "head_dim"):
+        assert getattr(ours.cfg, field) == getattr(hf_cfg, field), field
     prefill, step = parity(hf, ours)
     print(f"\n{family} (GGUF {GGUF_ARCH[family]}): max |logit diff| prefill {prefill:.2e}, cached step {step:.2e}")
     assert prefill <= TOL and step <= TOL
