@@ -118,3 +118,68 @@ def test_sliding_window_bounds_max_seq_len():
     phi = config_from_hf(_hf_config("phi3"), "config.json")
     with pytest.raises(ConfigError, match="longrope switches to its long factors"):
         dataclasses.replace(phi, max_seq_len=65)
+
+
+@pytest.fixture(scope="module")
+def family_exports(family_dirs, tmp_path_factory):
+    """family -> (our checkpoint folder, its export): each family's tiny model saved as our
+    checkpoint (with its fresh recyclable module) and exported once, on first use."""
+    from recycle_export.checkpoint import save_checkpoint
+    from recycle_export.export import export
+
+    root, done = tmp_path_factory.mktemp("family_exports"), {}
+
+    def get(family: str):
+        if family not in done:
+            save_checkpoint(load_checkpoint(family_dirs[family][1]), root / family / "ckpt")
+            export(root / family / "ckpt", root / family / "art")
+            done[family] = root / family / "ckpt", root / family / "art"
+        return done[family]
+    return get
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_and_runtime_follow_the_reference(family_exports, family):
+    """Both graphs validated against PyTorch (export refuses otherwise), the module's shapes
+    the family's, and the runtime's tokens the reference decoder's under every strategy."""
+    from recycle_export.reference import ReferenceDecoder
+    from runtime.artifacts import Artifacts
+    from runtime.generator import Generator, Request
+    from runtime.request import DraftOptions
+
+    ckpt, art = family_exports(family)
+    manifest = Artifacts.load(art).manifest
+    assert manifest.validation["passed"]
+    reference = ReferenceDecoder(load_checkpoint(ckpt).model)
+    assert manifest.config == reference.model.cfg.to_dict()
+    generator = Generator.from_artifacts(art, threads=1)
+    module_draft = DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0)
+    for request in (Request("standard", max_new_tokens=12, stop_token_ids=()),
+                    Request("alternate", max_new_tokens=12, stop_token_ids=()),
+                    Request("verify", max_new_tokens=12, stop_token_ids=()),
+                    Request("verify", drafts=module_draft, max_new_tokens=12, stop_token_ids=())):
+        for prompt in ([5, 17, 3, 88, 41], [9]):
+            ours, ref = generator.generate(prompt, request), reference.generate(prompt, request)
+            assert ours.tokens == ref.tokens, (request.strategy, prompt)
+            assert ours.stats.drafts_accepted == ref.stats.drafts_accepted
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_cpu_engine(family_exports, family):
+    """`build --target cpu` (the fused GroupQueryAttention graphs) per family: its logits
+    the portable graphs', its greedy tokens theirs."""
+    from benchmarks.fused_check import parity as fused_parity
+    from engines.build import build
+    from runtime.artifacts import Artifacts
+    from runtime.generator import Generator, Request
+
+    art = family_exports(family)[1]
+    build(art, "cpu", "fp32")
+    report = fused_parity(Artifacts.load(art), art / "engines" / "cpu-fp32", threads=1)
+    diff = max(v for k, v in report["max_abs_diff"].items() if not k.endswith("argmax_agree"))
+    assert diff < 1e-4 * report["reference_max_abs_logit"], report
+    assert report["greedy_identical"], report
+    fused, exported = (Generator.from_artifacts(art, engine=e, threads=1) for e in ("cpu-fp32", None))
+    for strategy in ("standard", "alternate", "verify"):
+        request = Request(strategy, max_new_tokens=10, stop_token_ids=())
+        assert fused.generate([5, 17, 3], request).tokens == exported.generate([5, 17, 3], request).tokens
