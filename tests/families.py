@@ -34,7 +34,7 @@ FAMILIES = {
         tie_word_embeddings=False, original_max_position_embeddings=ORIGINAL_CONTEXT, pad_token_id=1,
         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": SHORT_FACTOR,
                          "long_factor": [f * 2 for f in SHORT_FACTOR],
-                         "original_max_position_embeddings": ORIGINAL_CONTEXT})),
+                         "original_max_position_embeddings": ORIGINAL_CONTEXT, "factor": 2.0})),
 }
 
 
@@ -125,7 +125,7 @@ def write_gguf(model, family: str, path: Path) -> Path:
         import math
 
         writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
-        factor = cfg.max_position_embeddings / rope["original_max_position_embeddings"]
+        factor = rope["factor"]
         writer.add_float32(f"{arch}.rope.scaling.attn_factor",
                            math.sqrt(1 + math.log(factor) / math.log(rope["original_max_position_embeddings"])))
         tensors["rope_factors_short.weight"] = np.asarray(rope["short_factor"], np.float32)

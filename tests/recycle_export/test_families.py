@@ -183,3 +183,58 @@ def test_fused_cpu_engine(family_exports, family):
     for strategy in ("standard", "alternate", "verify"):
         request = Request(strategy, max_new_tokens=10, stop_token_ids=())
         assert fused.generate([5, 17, 3], request).tokens == exported.generate([5, 17, 3], request).tokens
+
+
+NEW_FIELDS = ("qkv_bias", "qk_norm", "rope_scaling", "sliding_window")
+
+
+def test_files_without_the_family_fields_read_as_llama(tiny_checkpoint, tiny_artifacts, tmp_path):
+    """A checkpoint or an export written before these fields existed loads with LLaMA's
+    defaults; a bad value in a manifest is refused naming the field."""
+    import json
+    import shutil
+
+    from runtime.artifacts import Artifacts
+    from runtime.errors import ArtifactError
+
+    for source, name, key in ((tiny_checkpoint, "ckpt", None), (tiny_artifacts, "art", "config")):
+        folder = tmp_path / name
+        shutil.copytree(source, folder)
+        file = folder / ("config.json" if key is None else "manifest.json")
+        data = json.loads(file.read_text())
+        config = data if key is None else data[key]
+        assert set(NEW_FIELDS) <= set(config)
+        for field in NEW_FIELDS:
+            del config[field]
+        file.write_text(json.dumps(data))
+    cfg = load_checkpoint(tmp_path / "ckpt").config
+    assert (cfg.qkv_bias, cfg.qk_norm, cfg.rope_scaling, cfg.sliding_window) == (False, False, None, None)
+    assert "qk_norm" not in Artifacts.load(tmp_path / "art").manifest.config
+
+    manifest = tmp_path / "art" / "manifest.json"
+    for field, value, message in (("qk_norm", "yes", "field config.qk_norm must be bool"),
+                                  ("rope_scaling", {"rope_type": "yarn", "factor": 4.0},
+                                   "field config.rope_scaling rope_type 'yarn' is not supported"),
+                                  ("sliding_window", 0, "field config.sliding_window must be at least 1")):
+        data = json.loads(manifest.read_text())
+        data["config"][field] = value
+        manifest.write_text(json.dumps(data))
+        with pytest.raises(ArtifactError, match=message):
+            Artifacts.load(tmp_path / "art")
+        del data["config"][field]
+        manifest.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_float16_export_is_tensorrt_ready(family_dirs, family, tmp_path):
+    """The float16 export TensorRT plans build from, per family: validated against PyTorch,
+    every node one TensorRT's parser imports, no norm (q/k norms included), softmax or
+    rotary computing in float16 (engines.tensorrt.check_graph)."""
+    from engines.tensorrt import check_graph
+    from recycle_export.export import ExportOptions, export
+    from runtime import contract as C
+
+    manifest = export(family_dirs[family][1], tmp_path / "art", ExportOptions(dtype="float16"))
+    assert manifest.validation["passed"]
+    for name in (C.FULL_STEP, C.RECYCLE_STEP):
+        check_graph(tmp_path / "art" / f"{name}.onnx", "float16")
