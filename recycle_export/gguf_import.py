@@ -3,8 +3,8 @@
 
 GGUF is read with `gguf` (llama.cpp's own Python package) and its dequantizers; metadata
 keys are `{architecture}.…` (gguf.constants.Keys), tensor names gguf.constants.TENSOR_NAMES'.
-The tokenizer is rebuilt with the `tokenizers` library from the vocabulary and merges the
-file carries. For `llama`, the q and k projections are un-permuted back to the Hugging Face
+The tokenizer is rebuilt with the `tokenizers` library from the vocabulary the file carries
+(recycle_export/gguf_tokenizer.py). For `llama`, the q and k projections are un-permuted back to the Hugging Face
 rotary layout that llama.cpp's converter changed (the other three keep it). Rope scaling
 comes as tensors: `rope_freqs` (llama.cpp's form of llama3 scaling: a divisor per
 frequency) and Phi-3's `rope_factors_short` / `rope_factors_long` (longrope).
@@ -25,6 +25,7 @@ from recycle_export.model import RecycleGPT
 from runtime.artifacts import GenerationRecord
 from recycle_export.config import ModelConfig
 from recycle_export.families import DEFAULT_MAX_SEQ_LEN
+from recycle_export.gguf_tokenizer import tokenizer_json
 from runtime.errors import CheckpointError, ConfigError, GGUFError
 from runtime.tokenizer import compile_chat_template
 
@@ -61,13 +62,6 @@ ROPE_TENSORS = {"llama": ("rope_freqs.weight",), "qwen2": ("rope_freqs.weight",)
 # Metadata keys ("{arch}." prefixed) naming something the model does not implement.
 UNSUPPORTED_KEYS = ("expert_count", "attn_logit_softcapping", "final_logit_softcapping",
                     "attention.sliding_window_pattern")
-
-# llama.cpp pre-tokenizer names that are GPT-2 byte-level BPE, and whether they split
-# digits one by one before the byte-level regex (as SmolLM's tokenizer.json does).
-BYTE_LEVEL_PRE = {"default": False, "gpt2": False, "smollm": True, "starcoder": True}
-CONTROL_TOKEN = 3  # gguf TokenType.CONTROL
-USER_DEFINED_TOKEN = 4
-
 
 def unpermute_rotary(weight: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's q/k permutation: per head, interleaved pairs -> two halves."""
@@ -259,32 +253,6 @@ def _tensors(reader, cfg: ModelConfig, arch: str, source: str, progress: Callabl
     return tensors
 
 
-def _tokenizer_json(fields: _Fields) -> str:
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    kind = fields.require("tokenizer.ggml.model")
-    pre = fields.get("tokenizer.ggml.pre", "default")
-    if kind != "gpt2" or pre not in BYTE_LEVEL_PRE:
-        raise GGUFError(f"{fields.source}: tokenizer {kind!r} with pre-tokenizer {pre!r} is not "
-                        f"supported; expected 'gpt2' byte-level BPE with one of {sorted(BYTE_LEVEL_PRE)}")
-    tokens = fields.require("tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in fields.require("tokenizer.ggml.merges")]
-    types = fields.get("tokenizer.ggml.token_type", [1] * len(tokens))
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    tokenizer = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if BYTE_LEVEL_PRE[pre]:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level])
-    else:
-        tokenizer.pre_tokenizer = byte_level
-    tokenizer.decoder = decoders.ByteLevel()
-    special = [AddedToken(tok, special=True, normalized=False)
-               for tok, kind_ in zip(tokens, types) if kind_ in (CONTROL_TOKEN, USER_DEFINED_TOKEN)]
-    tokenizer.add_special_tokens(special)
-    return tokenizer.to_str(pretty=False)
-
-
 def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, total: None,
                 recycler: Path | None = None) -> Checkpoint:
     """Read a GGUF file (ARCHITECTURES) into a Checkpoint (dequantized float32 weights, tokenizer,
@@ -324,7 +292,7 @@ def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, 
         eos_token_ids=eos_ids,
         pad_token_id=fields.get("tokenizer.ggml.padding_token_id"),
         chat_template=fields.get("tokenizer.chat_template"))
-    ckpt = Checkpoint(model, False, generation, _tokenizer_json(fields))
+    ckpt = Checkpoint(model, False, generation, tokenizer_json(fields, arch))
     if recycler is not None:
         attach_recycler(ckpt, recycler)
     else:
