@@ -138,6 +138,11 @@ def family_exports(family_dirs, tmp_path_factory):
     return get
 
 
+DESCRIBED = {"llama3": "layers: LLaMA with rope llama3", "qwen2": "layers: LLaMA with q/k/v biases",
+             "qwen3": "layers: LLaMA with q/k norms", "mistral": "layers: LLaMA with sliding window 64",
+             "phi3": "layers: LLaMA with rope longrope"}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export_and_runtime_follow_the_reference(family_exports, family):
     """Both graphs validated against PyTorch (export refuses otherwise), the module's shapes
@@ -147,9 +152,12 @@ def test_export_and_runtime_follow_the_reference(family_exports, family):
     from runtime.generator import Generator, Request
     from runtime.request import DraftOptions
 
+    from recycle_export.describe import describe
+
     ckpt, art = family_exports(family)
     manifest = Artifacts.load(art).manifest
     assert manifest.validation["passed"]
+    assert DESCRIBED[family] in describe(art)
     reference = ReferenceDecoder(load_checkpoint(ckpt).model)
     assert manifest.config == reference.model.cfg.to_dict()
     generator = Generator.from_artifacts(art, threads=1)
