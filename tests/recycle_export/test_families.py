@@ -246,3 +246,22 @@ def test_float16_export_is_tensorrt_ready(family_dirs, family, tmp_path):
     assert manifest.validation["passed"]
     for name in (C.FULL_STEP, C.RECYCLE_STEP):
         check_graph(tmp_path / "art" / f"{name}.onnx", "float16")
+
+
+def test_cli_imports_each_gguf_and_refuses_a_window_overrun(family_dirs, tmp_path):
+    """`import-gguf` on a Phi-3 GGUF, and `export --max-seq-len` past Mistral's window: one
+    `Error:` line naming the window."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    gguf_file = write_gguf(family_dirs["phi3"][0], "phi3", tmp_path / "phi3.gguf")
+    result = CliRunner().invoke(main, ["import-gguf", "--gguf", str(gguf_file), "--out", str(tmp_path / "ckpt")])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "ckpt").config.rope_scaling["rope_type"] == "longrope"
+    result = CliRunner().invoke(main, ["export", "--model", str(family_dirs["mistral"][1]), "--out",
+                                       str(tmp_path / "art"), "--max-seq-len", "100"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: config field 'max_seq_len' (100) exceeds the model's sliding window (64), which is not "
+        "implemented: choose a max_seq_len of at most 64")
