@@ -5,6 +5,9 @@ Per decoder layer: (Skip)SimplifiedLayerNormalization (residual add fused into t
 one packed QKV MatMul, com.microsoft GroupQueryAttention (rotary inside, KV written in place
 into a fixed-capacity buffer), o_proj, (Skip)SimplifiedLayerNormalization, one packed
 gate/up MatMul, SiLU(gate) * up, down_proj. The LM head runs on the last num_logits rows only.
+The families' changes (recycle_export/families.py): q/k/v biases are one Add on the packed
+projection; Qwen3's per-head q/k norms sit between a Split of it and GroupQueryAttention, which
+then takes q, k and v apart; rope scaling is in the cos/sin caches (runtime.rope).
 The portable graphs stay the truth: benchmarks/fused_check.py checks these against them.
 """
 
