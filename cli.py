@@ -36,7 +36,7 @@ def main(verbose: bool) -> None:
 
 @main.command("import-gguf")
 @click.option("--gguf", "gguf_path", required=True, type=click.Path(dir_okay=False),
-              help="A LLaMA-architecture GGUF file.")
+              help="A GGUF file of architecture llama, qwen2, qwen3 or phi3.")
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint directory to write.")
 @click.option("--recycler", "recycler_path", type=click.Path(dir_okay=False),
               help="A trained recyclable module (safetensors) to attach instead of a fresh one.")

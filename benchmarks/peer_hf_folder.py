@@ -29,6 +29,9 @@ LOGIT_TOLERANCE = 1e-3  # float32 on both sides; the implementations order reduc
 
 def hf_config(ckpt: Checkpoint) -> dict:
     cfg, gen = ckpt.config, ckpt.generation
+    other = [f for f in ("qkv_bias", "qk_norm", "rope_scaling", "sliding_window") if getattr(cfg, f)]
+    if other:
+        raise SystemExit(f"the peer folder is a LLaMA one; this checkpoint sets {', '.join(other)}")
     eos = list(gen.eos_token_ids)
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float32",

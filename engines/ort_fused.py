@@ -5,6 +5,9 @@ Per decoder layer: (Skip)SimplifiedLayerNormalization (residual add fused into t
 one packed QKV MatMul, com.microsoft GroupQueryAttention (rotary inside, KV written in place
 into a fixed-capacity buffer), o_proj, (Skip)SimplifiedLayerNormalization, one packed
 gate/up MatMul, SiLU(gate) * up, down_proj. The LM head runs on the last num_logits rows only.
+The families' changes (recycle_export/families.py): q/k/v biases are one Add on the packed
+projection; Qwen3's per-head q/k norms sit between a Split of it and GroupQueryAttention, which
+then takes q, k and v apart; rope scaling is in the cos/sin caches (runtime.rope).
 The portable graphs stay the truth: benchmarks/fused_check.py checks these against them.
 """
 
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime import contract as C
+from runtime import rope
 from runtime.artifacts import Artifacts
 from runtime.errors import EngineBuildError
 
@@ -64,13 +68,17 @@ class _Config:
     norm_eps: float
     max_seq_len: int
     recycle_layers: int
+    qkv_bias: bool = False  # the families' fields (runtime.artifacts checked them); absent: LLaMA
+    qk_norm: bool = False
+    rope_scaling: dict | None = None
 
     @classmethod
     def from_manifest(cls, config: dict) -> "_Config":
         head_dim = config.get("head_dim") or config["dim"] // config["n_heads"]
         return cls(config["dim"], config["n_layers"], config["n_heads"], config["n_kv_heads"], head_dim,
                    config["ffn_dim"], config["vocab_size"], float(config["rope_theta"]),
-                   float(config["norm_eps"]), config["max_seq_len"], config["recycle_layers"])
+                   float(config["norm_eps"]), config["max_seq_len"], config["recycle_layers"],
+                   bool(config.get("qkv_bias")), bool(config.get("qk_norm")), config.get("rope_scaling"))
 
 
 class Weights:
@@ -142,11 +150,13 @@ class _Graph:
 
 
 def rotary_caches(cfg: _Config) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin (max_seq_len, head_dim / 2), computed in float32 as the model does."""
-    inv_freq = (1.0 / np.float32(cfg.rope_theta) ** (np.arange(0, cfg.head_dim, 2, dtype=np.float32)
-                                                     / np.float32(cfg.head_dim))).astype(np.float32)
+    """cos and sin (max_seq_len, head_dim / 2), computed in float32 as the model does, from
+    the frequencies of the config's rope scaling (runtime.rope). GroupQueryAttention's
+    rotary is linear in both, so longrope's attention factor goes into the tables."""
+    inv_freq = rope.inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)  # (D/2,)
     angles = np.arange(cfg.max_seq_len, dtype=np.float32)[:, None] * inv_freq[None]  # (S, D/2)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    factor = np.float32(rope.attention_factor(cfg.rope_scaling))
+    return (np.cos(angles) * factor).astype(np.float32), (np.sin(angles) * factor).astype(np.float32)
 
 
 class _Emitter:
@@ -174,10 +184,22 @@ class _Emitter:
         cfg, g, w = self.cfg, self.g, self.w
         name = f"layers.{index}"
         x = self.norm(f"{name}.input_layernorm", w.get(f"{prefix}.input_layernorm.weight"))
-        qkv = np.concatenate([w.linear(f"{prefix}.self_attn.{p}") for p in ("q_proj", "k_proj", "v_proj")], axis=1)
+        projections = [f"{prefix}.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")]
+        qkv = np.concatenate([w.linear(p) for p in projections], axis=1)
         qkv = g.op("MatMul", [x, g.const(f"{name}.qkv_proj.T", qkv)])  # (B, T, (H + 2 H_kv) D)
+        if cfg.qkv_bias:  # Qwen2
+            bias = np.concatenate([w.get(f"{p}.bias") for p in projections])
+            qkv = g.op("Add", [qkv, g.const(f"{name}.qkv_proj.bias", bias)])
+        query_key_value = [qkv, "", ""]  # packed
+        if cfg.qk_norm:  # Qwen3: per-head RMSNorm of q and k, so GroupQueryAttention takes them apart
+            q_size, kv_size = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+            split = g.const(f"{name}.qkv_split", np.array([q_size, kv_size, kv_size], np.int64))
+            q, k, v = g.op("Split", [qkv, split], 3, axis=-1)  # (B, T, H D), (B, T, H_kv D) x 2
+            q, k = (self.head_norm(t, w.get(f"{prefix}.self_attn.{p}.weight"), f"{name}.{p}", heads)
+                    for t, p, heads in ((q, "q_norm", cfg.n_heads), (k, "k_norm", cfg.n_kv_heads)))
+            query_key_value = [q, k, v]
         attn, _, _ = g.op("GroupQueryAttention",
-                          [qkv, "", "", C.past_key(index), C.past_value(index), C.SEQLENS_K,
+                          [*query_key_value, C.past_key(index), C.past_value(index), C.SEQLENS_K,
                            C.TOTAL_SEQUENCE_LENGTH, cos, sin],
                           ["/" + name + "/attn", C.present_key(index), C.present_value(index)],
                           domain="com.microsoft", num_heads=cfg.n_heads, kv_num_heads=cfg.n_kv_heads,
@@ -194,6 +216,14 @@ class _Emitter:
                         for p in ("gate_proj", "up_proj"))  # (B, T, F) each
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])  # SiLU(gate) * up
         self.pending = g.op("MatMul", [act, g.const(f"{name}.down_proj.T", w.linear(f"{prefix}.mlp.down_proj"))])
+
+    def head_norm(self, x: str, gamma: np.ndarray, name: str, heads: int) -> str:
+        """RMSNorm over each head of (B, T, heads D): a view as (B, T, heads, D), normed on D."""
+        g, cfg = self.g, self.cfg
+        per_head = g.op("Reshape", [x, g.const(f"{name}.heads", np.array([0, 0, heads, cfg.head_dim], np.int64))])
+        normed = g.op("SimplifiedLayerNormalization", [per_head, g.const(f"{name}.weight", gamma)],
+                      axis=-1, epsilon=cfg.norm_eps, stash_type=1)  # (B, T, heads, D)
+        return g.op("Reshape", [normed, g.const(f"{name}.flat", np.array([0, 0, heads * cfg.head_dim], np.int64))])
 
     def last_rows(self, hidden: str) -> str:
         """hidden[:, -num_logits:]: (B, N, dim)."""

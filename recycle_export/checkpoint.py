@@ -1,4 +1,5 @@
-"""Checkpoints: our directory format, Hugging Face LLaMA directories, and safe loading.
+"""Checkpoints: our directory format, Hugging Face directories of the supported families
+(recycle_export.families), and safe loading.
 
 Our format (a directory):
     config.json        ModelConfig fields plus "format", "format_version", "recycler_trained"
@@ -7,7 +8,7 @@ Our format (a directory):
     tokenizer.json     optional, the `tokenizers` library's format
     generation.json    optional: bos/eos/pad token ids and the chat template
 
-A Hugging Face LLaMA directory (config.json + *.safetensors) loads too; a fresh recyclable
+A Hugging Face directory (config.json + *.safetensors, sharded or not) loads too; a fresh recyclable
 module is attached, with a warning. Pickled weights are never unpickled.
 """
 
@@ -22,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from recycle_export.config import ModelConfig
+from recycle_export.families import config_from_hf, unfuse
 from recycle_export.model import RecycleGPT
 from runtime.artifacts import GenerationRecord
 from runtime.errors import ArtifactError, CheckpointError, ConfigError
@@ -117,7 +119,7 @@ def _is_our_checkpoint(path: Path) -> bool:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Load our checkpoint format or a Hugging Face LLaMA directory.
+    """Load our checkpoint format or a Hugging Face directory of a supported family.
 
     Raises:
         CheckpointError: the path is missing, holds pickled weights, or a tensor is missing,
@@ -141,7 +143,7 @@ def load_config(path: Path) -> ModelConfig:
         cfg = config_from_hf(raw, str(path / CONFIG))
         files = sorted(path.glob("*.safetensors"))
         if files:
-            check_sizes(cfg, _hf_shapes(files), None, str(path))
+            check_sizes(cfg, _hf_shapes(files, cfg), None, str(path))
         return cfg
     for key in ("format", "format_version", "recycler_trained"):
         raw.pop(key, None)
@@ -262,9 +264,33 @@ def _header_shapes(files: list[Path]) -> dict[str, tuple]:
     return shapes
 
 
-def _hf_shapes(files: list[Path]) -> dict[str, tuple]:
-    return {name.removeprefix("model."): shape for name, shape in _header_shapes(files).items()
-            if not name.endswith("rotary_emb.inv_freq")}
+def _hf_names(items: dict, cfg: ModelConfig, split) -> dict:
+    """A Hugging Face directory's tensors (or shapes) under our Base names: no `model.`
+    prefix, fused projections split with `split` (families.unfuse), no saved rotary buffers
+    (recomputed from the config)."""
+    items = {name.removeprefix("model."): item for name, item in items.items()
+             if not name.endswith("rotary_emb.inv_freq")}
+    return unfuse(items, cfg, split)
+
+
+def _check_fused(rows: int, sizes: list[int], name: str) -> None:
+    if rows != sum(sizes):
+        raise CheckpointError(f"fused tensor {name!r} has {rows} rows, expected {' + '.join(map(str, sizes))} "
+                              "from the config")
+
+
+def _split_shape(shape: tuple, sizes: list[int], name: str) -> list[tuple]:
+    _check_fused(shape[0], sizes, name)
+    return [(size, *shape[1:]) for size in sizes]
+
+
+def _split_tensor(tensor: torch.Tensor, sizes: list[int], name: str) -> list[torch.Tensor]:
+    _check_fused(tensor.shape[0], sizes, name)
+    return [part.contiguous() for part in torch.split(tensor, sizes)]
+
+
+def _hf_shapes(files: list[Path], cfg: ModelConfig) -> dict[str, tuple]:
+    return _hf_names(_header_shapes(files), cfg, _split_shape)
 
 
 def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str,
@@ -347,41 +373,6 @@ def save_recycler(model: RecycleGPT, file: Path, dtype: torch.dtype = torch.floa
                    for k, v in model.recycler.state_dict().items()}, tmp)
 
 
-def config_from_hf(hf: dict, source: str) -> ModelConfig:
-    """Map a Hugging Face LlamaConfig dict onto ModelConfig, refusing what we do not model.
-
-    Raises:
-        ConfigError: another architecture, rope scaling, biases, or an invalid field.
-    """
-    if hf.get("model_type") != "llama":
-        raise ConfigError(f"{source}: model_type {hf.get('model_type')!r} is not supported; "
-                          "expected 'llama' (a LLaMA-family decoder)")
-    for flag in ("attention_bias", "mlp_bias"):
-        if hf.get(flag):
-            raise ConfigError(f"{source}: config field {flag!r} is true; only bias-free LLaMA layers are supported")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"{source}: config field 'hidden_act' is {hf['hidden_act']!r}, expected 'silu'")
-    rope = hf.get("rope_parameters") or {}
-    rope_type = rope.get("rope_type") or (hf.get("rope_scaling") or {}).get("rope_type") \
-        or (hf.get("rope_scaling") or {}).get("type") or "default"
-    if rope_type != "default":
-        raise ConfigError(f"{source}: rope scaling {rope_type!r} is not supported; expected plain rotary")
-    try:
-        return ModelConfig(
-            vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-            n_heads=hf["num_attention_heads"],
-            n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            ffn_dim=hf["intermediate_size"], head_dim=hf.get("head_dim"),
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            max_seq_len=min(int(hf.get("max_position_embeddings", 2048)), 2048))
-    except KeyError as exc:
-        raise ConfigError(f"{source}: missing required config field {exc.args[0]!r}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
 def _load_hf(path: Path) -> Checkpoint:
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -391,14 +382,9 @@ def _load_hf(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no *.safetensors weights found")
     hf = _read_json(path / "config.json", "config.json")
     cfg = config_from_hf(hf, str(path / "config.json"))
-    check_sizes(cfg, _hf_shapes(files), None, str(path))
+    check_sizes(cfg, _hf_shapes(files, cfg), None, str(path))
     model = RecycleGPT(cfg).eval()
-    tensors = {}
-    for name, value in _read_tensors(files).items():
-        if name.endswith("rotary_emb.inv_freq"):
-            continue  # a buffer older transformers saved; recomputed from rope_theta
-        tensors[name.removeprefix("model.")] = value
-    assign_tensors(model.base, tensors, str(path))
+    assign_tensors(model.base, _hf_names(_read_tensors(files), cfg, _split_tensor), str(path))
     log.warning("%s has no recyclable module: attaching a freshly initialised one "
                 "(train it with `cli.py train-recycler`)", path)
     fresh = new_model(cfg)

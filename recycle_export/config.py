@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from runtime import rope
 from runtime.errors import ConfigError
 
 
@@ -13,6 +14,8 @@ class ModelConfig:
     """Shape of a RecycleGPT model: a LLaMA-style base plus the recyclable module.
 
     head_dim is derived (dim // n_heads) unless given, as some LLaMA variants decouple it.
+    The fields after recycle_layers are what other families change in a LLaMA layer; their
+    defaults are LLaMA's, so a checkpoint or manifest written without them reads as LLaMA.
     """
 
     vocab_size: int
@@ -31,6 +34,15 @@ class ModelConfig:
     # The paper's recyclable module is one decoder layer: enough to beat the base's
     # 2-token-ahead guess while costing ~1/L of a base call.
     recycle_layers: int = 1
+    # Qwen2/2.5: biases on the q, k and v projections (not on o_proj).
+    qkv_bias: bool = False
+    # Qwen3: RMSNorm over each head of the queries and keys, before rotary.
+    qk_norm: bool = False
+    # Llama 3.x, Phi-3 and linear scaling: runtime.rope's form (None: plain rotary).
+    rope_scaling: dict | None = None
+    # Mistral, Phi-3: attention sees at most this many positions back. Not implemented, so
+    # max_seq_len may not exceed it (within it the window changes nothing).
+    sliding_window: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim",
@@ -57,9 +69,20 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"config field {name!r} must be a positive number, got {value!r}")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ConfigError(
-                f"config field 'tie_embeddings' must be true or false, got {self.tie_embeddings!r}")
+        for name in ("tie_embeddings", "qkv_bias", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"config field {name!r} must be true or false, got {getattr(self, name)!r}")
+        problem = rope.check_scaling(self.rope_scaling, self.head_dim, self.max_seq_len)
+        if problem:
+            raise ConfigError(f"config field 'rope_scaling': {problem}")
+        window = self.sliding_window
+        if window is not None:
+            if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+                raise ConfigError(f"config field 'sliding_window' must be a positive integer or null, got {window!r}")
+            if self.max_seq_len > window:
+                raise ConfigError(
+                    f"config field 'max_seq_len' ({self.max_seq_len}) exceeds the model's sliding "
+                    f"window ({window}), which is not implemented: choose a max_seq_len of at most {window}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

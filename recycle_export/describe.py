@@ -35,6 +35,12 @@ def describe(folder: Path) -> str:
              f"heads {cfg['n_heads']}/{cfg['n_kv_heads']} kv, vocab {cfg['vocab_size']}, "
              f"max_seq_len {cfg['max_seq_len']}, recycler trained: {m.recycler_trained}, module drafts from "
              + (f"{m.draft_vocab} tokens" if m.draft_vocab else "the whole vocabulary")]
+    family = [text for key, text in (("qkv_bias", "q/k/v biases"), ("qk_norm", "q/k norms")) if cfg.get(key)]
+    if cfg.get("rope_scaling"):
+        family.append(f"rope {cfg['rope_scaling']['rope_type']}")
+    if cfg.get("sliding_window"):
+        family.append(f"sliding window {cfg['sliding_window']}")
+    lines.append("layers: LLaMA" + (" with " + ", ".join(family) if family else ""))
     kv = m.kv
     lines.append(f"KV ({kv['contract']}): layout {kv['layout']}, {kv['dtype']}, base layers "
                  f"{kv['base_layers'][0]}..{kv['base_layers'][1] - 1}, module layers "

@@ -1,9 +1,13 @@
-"""Convert a LLaMA-architecture GGUF file into our checkpoint format.
+"""Convert a GGUF file of the architectures `llama` (Llama 2/3.x, Mistral, SmolLM), `qwen2`,
+`qwen3` and `phi3` into our checkpoint format.
 
-GGUF is read with `gguf` (llama.cpp's own Python package) and its dequantizers; the
-tokenizer is rebuilt with the `tokenizers` library from the vocabulary and merges the file
-carries. Attention projections are un-permuted back to the Hugging Face rotary layout that
-llama.cpp's converter changed.
+GGUF is read with `gguf` (llama.cpp's own Python package) and its dequantizers; metadata
+keys are `{architecture}.…` (gguf.constants.Keys), tensor names gguf.constants.TENSOR_NAMES'.
+The tokenizer is rebuilt with the `tokenizers` library from the vocabulary the file carries
+(recycle_export/gguf_tokenizer.py). For `llama`, the q and k projections are un-permuted back to the Hugging Face
+rotary layout that llama.cpp's converter changed (the other three keep it). Rope scaling
+comes as tensors: `rope_freqs` (llama.cpp's form of llama3 scaling: a divisor per
+frequency) and Phi-3's `rope_factors_short` / `rope_factors_long` (longrope).
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from recycle_export.model import RecycleGPT
 
 from runtime.artifacts import GenerationRecord
 from recycle_export.config import ModelConfig
+from recycle_export.families import DEFAULT_MAX_SEQ_LEN
+from recycle_export.gguf_tokenizer import tokenizer_json
 from runtime.errors import CheckpointError, ConfigError, GGUFError
 from runtime.tokenizer import compile_chat_template
 
 log = logging.getLogger(__name__)
 
-# GGUF tensor name -> our Base parameter name ("{i}" is the layer index).
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3")
+# GGUF tensor name -> our Base parameter name ("{i}" is the layer index), for `llama`.
 TENSOR_NAMES = {
     "token_embd.weight": "embed_tokens.weight",
     "output_norm.weight": "norm.weight",
@@ -40,13 +47,21 @@ TENSOR_NAMES = {
     "blk.{i}.ffn_up.weight": "layers.{i}.mlp.up_proj.weight",
     "blk.{i}.ffn_down.weight": "layers.{i}.mlp.down_proj.weight",
 }
-
-# llama.cpp pre-tokenizer names that are GPT-2 byte-level BPE, and whether they split
-# digits one by one before the byte-level regex (as SmolLM's tokenizer.json does).
-BYTE_LEVEL_PRE = {"default": False, "gpt2": False, "smollm": True, "starcoder": True}
-CONTROL_TOKEN = 3  # gguf TokenType.CONTROL
-USER_DEFINED_TOKEN = 4
-
+# What the other architectures add, or hold fused (their parts cut along rows, in order).
+ARCHITECTURE_TENSORS = {
+    "qwen2": {f"blk.{{i}}.attn_{p}.bias": f"layers.{{i}}.self_attn.{p}_proj.bias" for p in "qkv"},
+    "qwen3": {f"blk.{{i}}.attn_{p}_norm.weight": f"layers.{{i}}.self_attn.{p}_norm.weight" for p in "qk"},
+    "phi3": {"blk.{i}.attn_qkv.weight": tuple(f"layers.{{i}}.self_attn.{p}_proj.weight" for p in "qkv"),
+             "blk.{i}.ffn_up.weight": ("layers.{i}.mlp.gate_proj.weight", "layers.{i}.mlp.up_proj.weight")},
+}
+FUSED_BY_PHI3 = ("blk.{i}.attn_q.weight", "blk.{i}.attn_k.weight", "blk.{i}.attn_v.weight",
+                 "blk.{i}.ffn_gate.weight")
+# Rope scaling as tensors (head_dim / 2 values each), read into the config, not the model.
+ROPE_TENSORS = {"llama": ("rope_freqs.weight",), "qwen2": ("rope_freqs.weight",), "qwen3": ("rope_freqs.weight",),
+                "phi3": ("rope_factors_short.weight", "rope_factors_long.weight")}
+# Metadata keys ("{arch}." prefixed) naming something the model does not implement.
+UNSUPPORTED_KEYS = ("expert_count", "attn_logit_softcapping", "final_logit_softcapping",
+                    "attention.sliding_window_pattern")
 
 def unpermute_rotary(weight: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's q/k permutation: per head, interleaved pairs -> two halves."""
@@ -83,52 +98,96 @@ class _Fields:
 
 def _config(fields: _Fields) -> ModelConfig:
     arch = fields.require("general.architecture")
-    if arch != "llama":
-        raise GGUFError(f"{fields.source}: architecture {arch!r} is not supported; "
-                        "import-gguf converts LLaMA-architecture files only")
-    n_heads = fields.number("llama.attention.head_count")
-    dim = fields.number("llama.embedding_length")
+    if arch not in ARCHITECTURES:
+        raise GGUFError(f"{fields.source}: architecture {arch!r} is not supported; import-gguf converts "
+                        f"{', '.join(ARCHITECTURES)}")
+    for key in UNSUPPORTED_KEYS:
+        if fields.get(f"{arch}.{key}") is not None:
+            raise GGUFError(f"{fields.source}: metadata key '{arch}.{key}' names something this model does "
+                            "not implement")
+    n_heads = fields.number(f"{arch}.attention.head_count")
+    dim = fields.number(f"{arch}.embedding_length")
     if n_heads <= 0:
-        raise GGUFError(f"{fields.source}: metadata key 'llama.attention.head_count' must be positive, got {n_heads}")
-    rope_dim = fields.get("llama.rope.dimension_count")
-    head_dim = fields.number("llama.attention.key_length", int, dim // n_heads)
+        raise GGUFError(f"{fields.source}: metadata key '{arch}.attention.head_count' must be positive, got {n_heads}")
+    rope_dim = fields.get(f"{arch}.rope.dimension_count")
+    head_dim = fields.number(f"{arch}.attention.key_length", int, dim // n_heads)
     if rope_dim is not None and int(rope_dim) != head_dim:
         raise GGUFError(f"{fields.source}: partial rotary (rope.dimension_count {rope_dim} of "
                         f"head_dim {head_dim}) is not supported")
-    if fields.get("llama.rope.scaling.type", "none") not in ("none", None):
-        raise GGUFError(f"{fields.source}: rope scaling {fields.get('llama.rope.scaling.type')!r} is not supported")
+    rope_scaling, rope_limit = _rope_scaling(fields, arch)
+    window = fields.get(f"{arch}.attention.sliding_window")
+    window = None if window is None else fields.number(f"{arch}.attention.sliding_window")
+    max_seq_len = min(fields.number(f"{arch}.context_length", int, DEFAULT_MAX_SEQ_LEN), DEFAULT_MAX_SEQ_LEN,
+                      *(limit for limit in (rope_limit, window) if limit is not None))
     tokens = fields.require("tokenizer.ggml.tokens")
     try:
         cfg = ModelConfig(
-            vocab_size=fields.number("llama.vocab_size", int, len(tokens)),
+            vocab_size=fields.number(f"{arch}.vocab_size", int, len(tokens)),
             dim=dim,
-            n_layers=fields.number("llama.block_count"),
+            n_layers=fields.number(f"{arch}.block_count"),
             n_heads=n_heads,
-            n_kv_heads=fields.number("llama.attention.head_count_kv", int, n_heads),
-            ffn_dim=fields.number("llama.feed_forward_length"),
+            n_kv_heads=fields.number(f"{arch}.attention.head_count_kv", int, n_heads),
+            ffn_dim=fields.number(f"{arch}.feed_forward_length"),
             head_dim=head_dim,
-            rope_theta=fields.number("llama.rope.freq_base", float, 10000.0),
-            norm_eps=fields.number("llama.attention.layer_norm_rms_epsilon", float),
+            rope_theta=fields.number(f"{arch}.rope.freq_base", float, 10000.0),
+            norm_eps=fields.number(f"{arch}.attention.layer_norm_rms_epsilon", float),
             tie_embeddings="output.weight" not in {t.name for t in fields.reader.tensors},
-            max_seq_len=min(fields.number("llama.context_length", int, 2048), 2048))
+            max_seq_len=max_seq_len, qkv_bias=arch == "qwen2", qk_norm=arch == "qwen3",
+            rope_scaling=rope_scaling, sliding_window=window)
     except ConfigError as exc:
         raise GGUFError(f"{fields.source}: {exc}") from None
     if len(tokens) > cfg.vocab_size:
         raise GGUFError(f"{fields.source}: the vocabulary lists {len(tokens)} tokens, more than the model's "
-                        f"{cfg.vocab_size} (llama.vocab_size)")
+                        f"{cfg.vocab_size} ({arch}.vocab_size)")
     return cfg
 
 
-def _gguf_names(cfg: ModelConfig) -> dict[str, str]:
-    """GGUF tensor name -> our Base parameter name, for every layer."""
+def _rope_scaling(fields: _Fields, arch: str) -> tuple[dict | None, int | None]:
+    """(rope_scaling in runtime.rope's form, the max_seq_len it allows or None) from the
+    metadata and the rope tensors.
+
+    Raises:
+        GGUFError: a scaling type other than linear (yarn, ...), or longrope without its context.
+    """
+    tensors = {t.name: t for t in fields.reader.tensors}
+    kind = fields.get(f"{arch}.rope.scaling.type", "none")
+    if kind not in ("none", "linear", None):
+        raise GGUFError(f"{fields.source}: metadata key '{arch}.rope.scaling.type' is {kind!r}, which is not "
+                        "implemented (supported: none, linear)")
+
+    def values(name: str) -> list[float]:
+        from gguf import quants
+
+        t = tensors[name]
+        return [float(v) for v in quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)]
+
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": fields.number(f"{arch}.rope.scaling.factor", float)}, None
+    if "rope_freqs.weight" in tensors:
+        return {"rope_type": "frequency_factors", "factors": values("rope_freqs.weight")}, None
+    if "rope_factors_short.weight" in tensors:
+        original = fields.number(f"{arch}.rope.scaling.original_context_length")
+        return {"rope_type": "longrope", "short_factor": values("rope_factors_short.weight"),
+                "original_max_position_embeddings": original,
+                "attention_factor": fields.number(f"{arch}.rope.scaling.attn_factor", float, 1.0)}, original
+    return None, None
+
+
+def _gguf_names(cfg: ModelConfig, arch: str) -> dict[str, tuple[str, ...]]:
+    """GGUF tensor name -> our Base parameter name(s), for every layer: several for a fused
+    tensor, cut along its rows in order."""
+    table = {name: (ours,) for name, ours in TENSOR_NAMES.items()
+             if not (arch == "phi3" and name in FUSED_BY_PHI3)}
+    table.update({name: ours if isinstance(ours, tuple) else (ours,)
+                  for name, ours in ARCHITECTURE_TENSORS.get(arch, {}).items()})
     names = {}
-    for gguf_name, ours in TENSOR_NAMES.items():
+    for gguf_name, ours in table.items():
         for i in range(cfg.n_layers if "{i}" in gguf_name else 1):
-            names[gguf_name.format(i=i)] = ours.format(i=i)
+            names[gguf_name.format(i=i)] = tuple(o.format(i=i) for o in ours)
     return names
 
 
-def _check_tensors(reader, cfg: ModelConfig, source: str) -> None:
+def _check_tensors(reader, cfg: ModelConfig, arch: str, source: str) -> None:
     """Check the metadata's sizes against the tensors the file holds, before anything is
     allocated: a block_count or vocab_size edited by hand must not cost gigabytes first.
 
@@ -139,76 +198,64 @@ def _check_tensors(reader, cfg: ModelConfig, source: str) -> None:
     present = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}  # numpy order
     blocks = layer_count(present, "blk.")
     if blocks != cfg.n_layers:
-        raise GGUFError(f"{source}: metadata llama.block_count is {cfg.n_layers}, but the file holds tensors "
+        raise GGUFError(f"{source}: metadata {arch}.block_count is {cfg.n_layers}, but the file holds tensors "
                         f"for {blocks} blocks")
-    names = _gguf_names(cfg)
-    unexpected = sorted(set(present) - set(names))
+    names = _gguf_names(cfg, arch)
+    rope = {name: (cfg.head_dim // 2,) for name in ROPE_TENSORS[arch]}
+    unexpected = sorted(set(present) - set(names) - set(rope))
     if unexpected:
-        raise GGUFError(f"{source}: unexpected tensor {unexpected[0]!r}; not part of a LLaMA model")
+        raise GGUFError(f"{source}: unexpected tensor {unexpected[0]!r}; not part of a {arch} model")
     with torch.device("meta"):  # shapes only: nothing is allocated
         base = RecycleGPT(cfg).base
-    expected = {name: tuple(base.get_parameter(ours).shape) for name, ours in names.items()
-                if not (cfg.tie_embeddings and name == "output.weight")}
+    expected = {}
+    for name, ours in names.items():
+        if cfg.tie_embeddings and name == "output.weight":
+            continue
+        shapes = [tuple(base.get_parameter(o).shape) for o in ours]
+        expected[name] = (sum(shape[0] for shape in shapes), *shapes[0][1:])  # fused: parts stacked by rows
     try:
-        check_shapes(expected, present, source)
+        check_shapes({**expected, **rope}, present, source, optional=set(rope))
     except CheckpointError as exc:
         raise GGUFError(f"{exc} (from the metadata: vocab {cfg.vocab_size}, dim {cfg.dim}, "
                         f"ffn {cfg.ffn_dim}, heads {cfg.n_heads}/{cfg.n_kv_heads})") from None
 
 
-def _tensors(reader, cfg: ModelConfig, source: str, progress: Callable[[int, int], None]) -> dict:
+def _tensors(reader, cfg: ModelConfig, arch: str, source: str, progress: Callable[[int, int], None]) -> dict:
     from gguf import quants
 
-    names = _gguf_names(cfg)
+    names = _gguf_names(cfg, arch)
     tensors = {}
     total = len(reader.tensors)
     for done, t in enumerate(reader.tensors, 1):
+        if t.name in ROPE_TENSORS[arch]:
+            progress(done, total)
+            continue  # read into the config (_rope_scaling)
         if t.name not in names:
-            raise GGUFError(f"{source}: unexpected tensor {t.name!r}; not part of a LLaMA model")
+            raise GGUFError(f"{source}: unexpected tensor {t.name!r}; not part of a {arch} model")
         try:
             values = quants.dequantize(t.data, t.tensor_type)
         except NotImplementedError:
             raise GGUFError(f"{source}: tensor {t.name!r} uses quantization "
                             f"{t.tensor_type.name}, which the gguf package cannot dequantize") from None
         values = values.reshape([int(d) for d in reversed(t.shape)]).astype(np.float32)
-        if t.name.endswith("attn_q.weight"):
+        if arch == "llama" and t.name.endswith("attn_q.weight"):
             values = unpermute_rotary(values, cfg.n_heads)
-        elif t.name.endswith("attn_k.weight"):
+        elif arch == "llama" and t.name.endswith("attn_k.weight"):
             values = unpermute_rotary(values, cfg.n_kv_heads)
-        tensors[names[t.name]] = torch.from_numpy(values)
+        parts = names[t.name]
+        if len(parts) == 1:
+            tensors[parts[0]] = torch.from_numpy(values)
+        else:  # fused (Phi-3): the check above made its rows the parts' sum
+            q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+            sizes = (q, kv, kv) if len(parts) == 3 else (cfg.ffn_dim, cfg.ffn_dim)
+            tensors.update(zip(parts, torch.from_numpy(values).split(sizes)))
         progress(done, total)
     return tensors
 
 
-def _tokenizer_json(fields: _Fields) -> str:
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    kind = fields.require("tokenizer.ggml.model")
-    pre = fields.get("tokenizer.ggml.pre", "default")
-    if kind != "gpt2" or pre not in BYTE_LEVEL_PRE:
-        raise GGUFError(f"{fields.source}: tokenizer {kind!r} with pre-tokenizer {pre!r} is not "
-                        f"supported; expected 'gpt2' byte-level BPE with one of {sorted(BYTE_LEVEL_PRE)}")
-    tokens = fields.require("tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in fields.require("tokenizer.ggml.merges")]
-    types = fields.get("tokenizer.ggml.token_type", [1] * len(tokens))
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    tokenizer = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if BYTE_LEVEL_PRE[pre]:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level])
-    else:
-        tokenizer.pre_tokenizer = byte_level
-    tokenizer.decoder = decoders.ByteLevel()
-    special = [AddedToken(tok, special=True, normalized=False)
-               for tok, kind_ in zip(tokens, types) if kind_ in (CONTROL_TOKEN, USER_DEFINED_TOKEN)]
-    tokenizer.add_special_tokens(special)
-    return tokenizer.to_str(pretty=False)
-
-
 def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, total: None,
                 recycler: Path | None = None) -> Checkpoint:
-    """Read a LLaMA GGUF file into a Checkpoint (dequantized float32 weights, tokenizer,
+    """Read a GGUF file (ARCHITECTURES) into a Checkpoint (dequantized float32 weights, tokenizer,
     special tokens and chat template) with the trained recyclable module in the
     safetensors file `recycler`, or a freshly initialised one (with a warning).
 
@@ -228,10 +275,11 @@ def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, 
         raise GGUFError(f"{path}: not a readable GGUF file ({exc})") from None
     fields = _Fields(reader, str(path))
     cfg = _config(fields)
-    _check_tensors(reader, cfg, str(path))
+    arch = fields.require("general.architecture")
+    _check_tensors(reader, cfg, arch, str(path))
     compile_chat_template(fields.get("tokenizer.chat_template"), str(path), GGUFError)
     model = new_model(cfg)
-    tensors = _tensors(reader, cfg, str(path), progress)
+    tensors = _tensors(reader, cfg, arch, str(path), progress)
     try:
         assign_tensors(model.base, tensors, str(path))
     except CheckpointError as exc:
@@ -244,7 +292,7 @@ def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, 
         eos_token_ids=eos_ids,
         pad_token_id=fields.get("tokenizer.ggml.padding_token_id"),
         chat_template=fields.get("tokenizer.chat_template"))
-    ckpt = Checkpoint(model, False, generation, _tokenizer_json(fields))
+    ckpt = Checkpoint(model, False, generation, tokenizer_json(fields, arch))
     if recycler is not None:
         attach_recycler(ckpt, recycler)
     else:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recycle_export.config import ModelConfig
+from runtime import rope
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (key, value), each (B, H_kv, T, D)
 # The logit of a token outside the module's draft vocabulary: the lowest float16 value, so
@@ -47,16 +48,21 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rotary(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> KV:
+def rotary(position_ids: torch.Tensor, cfg: ModelConfig, dtype: torch.dtype) -> KV:
     """cos and sin tables for the given positions: (B, T) -> two (B, 1, T, D).
 
-    The angles (position x frequency, up to thousands of radians) and their cos and sin are
-    float32 whatever the model's dtype: float16 keeps 11 bits, so an angle near 4,000 rad
-    would be off by a whole radian. Only the tables, within [-1, 1], are cast."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    The frequencies come from runtime.rope for the config's rope scaling (the fused builder's
+    caches read the same). The angles (position x frequency, up to thousands of radians) and
+    their cos and sin are float32 whatever the model's dtype: float16 keeps 11 bits, so an
+    angle near 4,000 rad would be off by a whole radian. Only the tables, within [-1, 1], are cast."""
+    inv_freq = torch.from_numpy(rope.inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))  # (D/2,)
     angles = position_ids.float()[..., None] * inv_freq  # (B, T, D/2)
     angles = torch.cat([angles, angles], dim=-1)  # (B, T, D)
-    return angles.cos()[:, None].to(dtype), angles.sin()[:, None].to(dtype)
+    cos, sin = angles.cos(), angles.sin()
+    factor = rope.attention_factor(cfg.rope_scaling)
+    if factor != 1.0:  # longrope's attention factor, applied to the tables as transformers does
+        cos, sin = cos * factor, sin * factor
+    return cos[:, None].to(dtype), sin[:, None].to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -85,15 +91,23 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        if cfg.qk_norm:  # Qwen3: per-head RMSNorm of queries and keys, before rotary
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
 
     def forward(self, x, cos, sin, allowed, past: KV) -> tuple[torch.Tensor, KV]:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, H_kv, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, H_kv, T, D)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k = torch.cat([past[0], k], dim=2)  # (B, H_kv, S, D)
@@ -184,7 +198,7 @@ class Recycler(nn.Module):
 
 def run_layers(layers, x, position_ids, attention_mask, past: list[KV], cfg: ModelConfig):
     """The shared decoder stack: (B, T, dim) -> (B, T, dim) and the present KV per layer."""
-    cos, sin = rotary(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype)
+    cos, sin = rotary(position_ids, cfg, x.dtype)
     allowed = attention_allowed(attention_mask, x.shape[1])
     present = []
     for layer, layer_past in zip(layers, past, strict=True):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import contract as C
+from runtime import rope
 from runtime.errors import ArtifactError, GenerationError
 from runtime.files import listed_files, read_json, read_record, read_text, sha256, write_json
 from runtime.records import Fields
@@ -127,6 +128,14 @@ class Manifest:
         config.int("head_dim", minimum=1, optional=True)
         if config.data["n_heads"] % config.data["n_kv_heads"]:
             config.fail("n_kv_heads", "must divide n_heads")
+        # The families' fields (recycle_export.config), absent from exports older than them: LLaMA.
+        for key in ("qkv_bias", "qk_norm"):
+            config.get(key, bool, optional=True)
+        config.int("sliding_window", minimum=1, optional=True)
+        head_dim = config.data.get("head_dim") or config.data["dim"] // config.data["n_heads"]
+        problem = rope.check_scaling(config.data.get("rope_scaling"), head_dim, config.data["max_seq_len"])
+        if problem:
+            config.fail("rope_scaling", problem)
         graphs_f = f.sub("graphs")
         graphs = {name: GraphRecord.from_json(graphs_f.sub(name)) for name in (C.FULL_STEP, C.RECYCLE_STEP)}
         validation = f.sub("validation")
