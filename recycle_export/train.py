@@ -193,7 +193,7 @@ def _module_states(model: RecycleGPT, x, h, mask, passes: int = 1) -> list[torch
     if passes == 1:
         return states
     embedded = model.base.embed_tokens(x)  # (B, T, dim)
-    cos, sin = rotary(positions, model.cfg.head_dim, model.cfg.rope_theta, first.hidden.dtype)
+    cos, sin = rotary(positions, model.cfg, first.hidden.dtype)
     for k in range(2, passes + 1):
         allowed = _chain_allowed(mask, k)
         z = model.recycler.fuse(torch.cat([_shifted(states[-1]), embedded], dim=-1))  # (B, T, dim)
