@@ -85,25 +85,32 @@ def generate_sequences(model: RecycleGPT, prompt_ids: list[list[int]], max_new_t
 
 
 def engine_sequences(generator, prompt_ids: list[list[int]], max_new_tokens: int, stop_ids: tuple[int, ...],
-                     progress: Callable[[int], None] = lambda n: None) -> list[Sequence]:
+                     progress: Callable[[int], None] = lambda n: None, workers: int = 1) -> list[Sequence]:
     """As generate_sequences, but the answers come from an ONNX Runtime engine of the same
     base (a runtime.generator.Generator): greedy verify with prompt-lookup drafts, whose
     tokens equal standard decoding's on a float engine, several times faster than PyTorch on
     a CPU; then one teacher-forced base call over prompt + answer gives h at every position
     and, where the answer stopped, the stop token the base chose (the runtime does not
-    return it). A prompt the engine cannot take (too long for its cache) is left out."""
+    return it). A prompt the engine cannot take (too long for its cache) is left out.
+    `workers` prompts run at once on threads (the Generator is thread-safe; give it one
+    intra-op thread each: batch-1 decoding keeps one core busy, and spinning intra-op
+    threads lose badly on a shared machine)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from runtime.errors import GenerationError
     from runtime.evaluate import base_states
     from runtime.request import Request
 
     request = Request("verify", max_new_tokens=max_new_tokens, stop_token_ids=stop_ids)
-    out = []
-    for ids in prompt_ids:
+    done = 0
+
+    def answer(ids: list[int]) -> Sequence | None:
+        nonlocal done
         try:
             result = generator.generate(ids, request)
         except GenerationError as exc:
             log.warning("left out a prompt of %d tokens: %s", len(ids), exc)
-            continue
+            return None
         tokens = list(ids) + result.tokens
         logits, hidden = base_states(generator.backend, generator.dims, tokens, num_logits=1)
         if result.finish_reason == "stop":
@@ -111,9 +118,12 @@ def engine_sequences(generator, prompt_ids: list[list[int]], max_new_tokens: int
             assert tokens[-1] in stop_ids, "the engine's answer stopped on a token its base would not pick"
         else:
             hidden = hidden[:-1]  # the last token is a target only
-        out.append(Sequence(torch.tensor(tokens), torch.from_numpy(np.array(hidden)).half(), len(ids)))
-        progress(len(out))
-    return out
+        done += 1
+        progress(done)
+        return Sequence(torch.tensor(tokens), torch.from_numpy(np.array(hidden)).half(), len(ids))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [s for s in pool.map(answer, prompt_ids) if s is not None]
 
 
 def save_sequences(sequences: list[Sequence], path: Path) -> None:

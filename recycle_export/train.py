@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -386,7 +387,7 @@ def _answer_writer(model: RecycleGPT, options: TrainOptions, probe: list[int]):
     from runtime.evaluate import base_states
     from runtime.generator import Generator
 
-    generator = Generator.from_artifacts(options.answers_artifacts, options.answers_engine, options.threads)
+    generator = Generator.from_artifacts(options.answers_artifacts, options.answers_engine, threads=1)
     engine_logits, _ = base_states(generator.backend, generator.dims, probe)
     with torch.no_grad():
         n = len(probe)
@@ -431,7 +432,8 @@ def _data(model, codec, stop_ids, split, options, work, progress) -> dict[str, l
                     writer = _answer_writer(model, options, ids[0])
                 report = lambda n: progress(f"generating {split} answers", done + n, total)  # noqa: E731
                 if options.answers_artifacts:
-                    part = engine_sequences(writer, ids, options.max_new_tokens, stop_ids, report)
+                    part = engine_sequences(writer, ids, options.max_new_tokens, stop_ids, report,
+                                            workers=options.threads or os.cpu_count() or 1)
                 else:
                     part = generate_sequences(writer, ids, options.max_new_tokens, stop_ids,
                                               max_positions=GENERATION_BATCH_POSITIONS, progress=report)
