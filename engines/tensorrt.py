@@ -133,9 +133,10 @@ def _parse(builder: tensorrt.Builder, logger: tensorrt.ILogger, errors: list[str
     network = builder.create_network(network_flags())
     if network is None:
         raise EngineBuildError("TensorRT could not create a network: " + "; ".join(errors))
-    parser = trt.OnnxParser(network, logger)
-    if parser is None:
-        raise EngineBuildError("TensorRT could not create an ONNX parser: " + "; ".join(errors))
+    try:
+        parser = trt.OnnxParser(network, logger)
+    except TypeError as e:  # what the bindings raise when createParser returns null
+        raise EngineBuildError(f"TensorRT could not create an ONNX parser ({e}): " + "; ".join(errors)) from None
     if not parser.parse_from_file(str(path)):
         parser_errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise EngineBuildError(f"TensorRT cannot parse {path.name}:\n  " + "\n  ".join(parser_errors or errors))
@@ -225,9 +226,10 @@ def build_plans(artifacts: Artifacts, target: Target, precision: str, out: Path,
     device = device_properties(0)
     check_part(target, device, precision)
     logger, errors = make_logger()
-    builder = trt.Builder(logger)
-    if not builder:
-        raise EngineBuildError("TensorRT could not create a builder: " + "; ".join(errors))
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as e:  # what the bindings raise when createInferBuilder returns null
+        raise EngineBuildError(f"TensorRT could not create a builder ({e}): " + "; ".join(errors)) from None
     cache_path = Path(timing_cache) if timing_cache else DEFAULT_TIMING_CACHE
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
     max_seq_len = artifacts.max_seq_len

@@ -106,6 +106,8 @@ from runtime.backends.tensorrt import make_logger, shape_tuple
 def build(path: Path) -> bytes:
     logger, errors = make_logger()
     builder = trt.Builder(logger)
+    if not builder:  # E: truthy-bool
+        raise RuntimeError("TensorRT raises TypeError instead: this is never true")
     network = builder.create_netwrk(network_flags())  # E: attr-defined
     network = builder.create_network(network_flags())
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))  # E: attr-defined

@@ -176,7 +176,10 @@ class TrtBackend(Backend):
         rebuild = rebuild_hint(artifacts.folder, engine.target)
         check_plan_compatibility(engine, trt.__version__, device_properties(device), rebuild)
         self.logger, self.errors = make_logger()
-        self.runtime = trt.Runtime(self.logger)
+        try:
+            self.runtime = trt.Runtime(self.logger)
+        except TypeError as e:  # what the bindings raise when createInferRuntime returns null
+            raise DeviceError(f"TensorRT could not create a runtime ({e}): {'; '.join(self.errors)}") from None
         self.stream = check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
         self.engines: dict[str, tensorrt.ICudaEngine] = {}
         self.contexts: dict[str, tensorrt.IExecutionContext] = {}
