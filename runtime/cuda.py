@@ -1,12 +1,18 @@
 """The few CUDA runtime calls the TensorRT backend and builder need, through cuda-python,
-with every returned error code checked. Imported lazily; nothing here runs without a GPU."""
+with every returned error code checked. Imported lazily; nothing here runs without a GPU.
+
+cuda-python ships no type information (no stubs, no py.typed), so the module cudart() returns
+is Any to the type check (tests/test_typecheck.py): the signatures here are checked, the CUDA
+calls are not."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from runtime.errors import DeviceError
 
 
-def cudart():
+def cudart() -> Any:
     """The cuda-python runtime module (cuda.bindings.runtime, or cuda.cudart before 12.6).
 
     Raises: DeviceError when cuda-python is not installed."""
@@ -21,7 +27,7 @@ def cudart():
     return runtime
 
 
-def check(result, what: str):
+def check(result: Any, what: str) -> Any:
     """Unpack a cuda-python result tuple, raising on an error code."""
     rt = cudart()
     err, *values = result if isinstance(result, tuple) else (result,)
@@ -30,7 +36,7 @@ def check(result, what: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def device_properties(device: int = 0) -> dict:
+def device_properties(device: int = 0) -> dict[str, Any]:
     """Name and compute capability of a GPU. Raises: DeviceError without a GPU."""
     rt = cudart()
     count = check(rt.cudaGetDeviceCount(), "cudaGetDeviceCount")

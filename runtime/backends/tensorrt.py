@@ -8,7 +8,8 @@ logits and hidden states come down. tensorrt and cuda-python are imported lazily
 
 Written against TensorRT 10 and 11 (every call it makes is in both majors' Python bindings);
 not run in this repository's CI (no GPU there): benchmarks/tensorrt_gpu.py checks it against
-the ONNX Runtime CPU run on a GPU machine.
+the ONNX Runtime CPU run on a GPU machine, and tests/test_typecheck.py type-checks its
+TensorRT calls against tensorrt-stubs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,10 +29,16 @@ from runtime.engines import EngineInfo, rebuild_hint
 from runtime.errors import ArtifactError, DeviceError
 from runtime.kv import BASE, MODULE
 
+if TYPE_CHECKING:  # annotations only; each function imports tensorrt itself, after require_tensorrt()
+    import tensorrt
+
 log = logging.getLogger(__name__)
 
-def import_tensorrt():
-    """Raises: DeviceError when TensorRT is not installed or older than 10."""
+
+def require_tensorrt() -> None:
+    """Check that TensorRT 10 or newer is installed; then `import tensorrt` is safe.
+
+    Raises: DeviceError when TensorRT is not installed or older than 10."""
     try:
         import tensorrt as trt
     except ImportError:
@@ -40,27 +48,35 @@ def import_tensorrt():
                           "says which each target needs") from None
     if int(trt.__version__.split(".")[0]) < 10:
         raise DeviceError(f"TensorRT {trt.__version__} found; the builder needs TensorRT 10 or newer")
-    return trt
 
 
-def make_logger(trt):
+def make_logger() -> tuple[tensorrt.ILogger, list[str]]:
+    """A TensorRT logger that forwards to `logging`, and the list it appends every error
+    message to, so that a failed build or load reports them all."""
+    import tensorrt as trt
+
+    errors: list[str] = []
+
     class _Logger(trt.ILogger):
-        """Keeps error messages so that a failed build reports them all."""
-
-        def __init__(self):
+        def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.errors: list[str] = []
 
-        def log(self, severity, msg):
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
             if severity <= trt.ILogger.Severity.ERROR:
-                self.errors.append(msg)
+                errors.append(msg)
                 log.error("TensorRT: %s", msg)
             elif severity <= trt.ILogger.Severity.WARNING:
                 log.warning("TensorRT: %s", msg)
             else:
                 log.debug("TensorRT: %s", msg)
 
-    return _Logger()
+    return _Logger(), errors
+
+
+def shape_tuple(shape: tensorrt.Dims) -> tuple[int, ...]:
+    """A TensorRT Dims as a tuple (Dims iterates through __getitem__, which the stubs do not
+    show as iteration)."""
+    return tuple(shape[i] for i in range(len(shape)))
 
 
 @dataclass
@@ -76,7 +92,7 @@ class DeviceKVPool:
     """KVPool's interface over device buffers, swapped rather than copied between steps.
     The backend that made a pool frees it in its close(); a pool may also be closed alone."""
 
-    def __init__(self, dims: C.Dims, batch: int, capacity: int, stream=None):
+    def __init__(self, dims: C.Dims, batch: int, capacity: int, stream: Any = None):
         self.rt = cudart()
         self.dims, self.batch, self.capacity = dims, batch, capacity
         self.stream = stream  # the backend's: rollback copies are ordered with its steps
@@ -111,7 +127,7 @@ class DeviceKVPool:
         return {present(i): self.spare[past(i)] for i in self.layers[cache]
                 for past, present in ((C.past_key, C.present_key), (C.past_value, C.present_value))}
 
-    def commit(self, cache: str, outputs: dict, new: int) -> None:
+    def commit(self, cache: str, outputs: dict[str, Any], new: int) -> None:
         self.lengths[cache] += new
         assert self.lengths[cache] <= self.capacity + C.DECODE_MAX_NEW
         for i in self.layers[cache]:
@@ -133,7 +149,7 @@ class DeviceKVPool:
         self.lengths[cache] = new
 
 
-def check_plan_compatibility(engine: EngineInfo, trt_version: str, device: dict, rebuild: str) -> None:
+def check_plan_compatibility(engine: EngineInfo, trt_version: str, device: dict[str, Any], rebuild: str) -> None:
     """Refuse plans built by another TensorRT version or for another GPU.
 
     Raises:
@@ -153,18 +169,24 @@ class TrtBackend(Backend):
     """full_step.plan and recycle_step.plan of one engine folder on GPU 0."""
 
     def __init__(self, artifacts: Artifacts, engine: EngineInfo, device: int = 0):
-        trt = import_tensorrt()
-        self.trt, self.rt = trt, cudart()
+        require_tensorrt()
+        import tensorrt as trt
+
+        self.rt = cudart()
         rebuild = rebuild_hint(artifacts.folder, engine.target)
         check_plan_compatibility(engine, trt.__version__, device_properties(device), rebuild)
-        self.logger = make_logger(trt)
-        self.runtime = trt.Runtime(self.logger)
+        self.logger, self.errors = make_logger()
+        try:
+            self.runtime = trt.Runtime(self.logger)
+        except TypeError as e:  # what the bindings raise when createInferRuntime returns null
+            raise DeviceError(f"TensorRT could not create a runtime ({e}): {'; '.join(self.errors)}") from None
         self.stream = check(self.rt.cudaStreamCreate(), "cudaStreamCreate")
-        self.engines, self.contexts = {}, {}
+        self.engines: dict[str, tensorrt.ICudaEngine] = {}
+        self.contexts: dict[str, tensorrt.IExecutionContext] = {}
         for name, path in engine.graph_paths().items():
             plan = self.runtime.deserialize_cuda_engine(path.read_bytes())
             if plan is None:
-                raise ArtifactError(f"TensorRT cannot load {path}: {'; '.join(self.logger.errors)}; {rebuild}")
+                raise ArtifactError(f"TensorRT cannot load {path}: {'; '.join(self.errors)}; {rebuild}")
             context = plan.create_execution_context()
             if context is None:
                 raise DeviceError(f"TensorRT cannot create an execution context for {path}")
@@ -192,12 +214,16 @@ class TrtBackend(Backend):
             self.pools, self.scratch, self.stream = [], {}, None
             self.contexts, self.engines = {}, {}
 
-    def graph_io(self, graph: str):
-        trt, plan = self.trt, self.engines[graph]
-        inputs, outputs = [], []
+    def graph_io(self, graph: str) -> tuple[list[C.TensorSpec], list[C.TensorSpec]]:
+        import tensorrt as trt
+
+        plan = self.engines[graph]
+        inputs: list[C.TensorSpec] = []
+        outputs: list[C.TensorSpec] = []
         for i in range(plan.num_io_tensors):
             name = plan.get_tensor_name(i)
-            shape = tuple(d if d >= 0 else f"dynamic{j}" for j, d in enumerate(plan.get_tensor_shape(name)))
+            dims = shape_tuple(plan.get_tensor_shape(name))
+            shape = tuple(d if d >= 0 else f"dynamic{j}" for j, d in enumerate(dims))
             spec = C.TensorSpec(name, C.dtype_name(plan.get_tensor_dtype(name), "tensorrt"), shape)
             (inputs if plan.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
         return inputs, outputs
@@ -230,15 +256,17 @@ class TrtBackend(Backend):
             self.scratch[(graph, name)] = (ptr, size)
         return ptr
 
-    def run(self, graph: str, feeds: dict, kv_outputs: dict[str, int] | None = None) -> dict:
+    def run(self, graph: str, feeds: dict[str, Any], kv_outputs: dict[str, int] | None = None) -> dict[str, Any]:
         """One step. DeviceTensor feeds are bound in place; numpy feeds are uploaded.
         present.* outputs go to `kv_outputs` buffers (from the pool) and come back as
         DeviceTensors; logits and hidden states come back as numpy arrays."""
         with self._lock:
             return self._run(graph, feeds, kv_outputs or {})
 
-    def _run(self, graph: str, feeds: dict, kv_outputs: dict[str, int]) -> dict:
-        rt, trt, plan, ctx = self.rt, self.trt, self.engines[graph], self.contexts[graph]
+    def _run(self, graph: str, feeds: dict[str, Any], kv_outputs: dict[str, int]) -> dict[str, Any]:
+        import tensorrt as trt
+
+        rt, plan, ctx = self.rt, self.engines[graph], self.contexts[graph]
         self._select_profile(graph, feeds[C.INPUT_IDS].shape[1])
         keep_alive = []
         for name, value in feeds.items():
@@ -259,12 +287,13 @@ class TrtBackend(Backend):
                 keep_alive.append(value)
             if not ctx.set_tensor_address(name, ptr):
                 raise DeviceError(f"{graph}: cannot bind input {name!r}")
-        host_outputs, results = {}, {}
+        host_outputs: dict[str, tuple[np.ndarray, int]] = {}
+        results: dict[str, Any] = {}
         for i in range(plan.num_io_tensors):
             name = plan.get_tensor_name(i)
             if plan.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
                 continue
-            shape = tuple(ctx.get_tensor_shape(name))
+            shape = shape_tuple(ctx.get_tensor_shape(name))
             dtype = C.dtype_name(plan.get_tensor_dtype(name), "tensorrt")
             if name in kv_outputs:
                 ptr = kv_outputs[name]
@@ -276,7 +305,7 @@ class TrtBackend(Backend):
             if not ctx.set_tensor_address(name, ptr):
                 raise DeviceError(f"{graph}: cannot bind output {name!r}")
         if not ctx.execute_async_v3(self.stream):
-            raise DeviceError(f"{graph}: TensorRT execution failed: {'; '.join(self.logger.errors)}")
+            raise DeviceError(f"{graph}: TensorRT execution failed: {'; '.join(self.errors)}")
         for name, (array, ptr) in host_outputs.items():
             check(rt.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes,
                                      rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "download")

@@ -6,8 +6,10 @@ INT8, FP8, INT4, FP4, OBEY/PREFER_PRECISION_CONSTRAINTS, DIRECT_IO and
 NetworkDefinitionCreationFlag.EXPLICIT_BATCH; STRONGLY_TYPED is 1 in 10.x and 0 in 11.x, where
 it is ignored), and a missing one raises AttributeError as the real bindings do. Methods
 return what the bindings return (None, False or -1 on failure) and raise RuntimeError where
-the bindings assert (IOptimizationProfile.set_shape and set_shape_input). The parser reads
-the ONNX file's inputs and outputs, so the network has the exported graph's element types.
+the bindings assert (IOptimizationProfile.set_shape and set_shape_input); the constructors
+Builder, OnnxParser and Runtime raise TypeError where TensorRT's factory returns null (the
+bindings make them with pybind11's py::init, which refuses a null pointer so). The parser
+reads the ONNX file's inputs and outputs, so the network has the exported graph's element types.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ NETWORK_FLAGS_10 = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}
 NETWORK_FLAGS_11 = {"STRONGLY_TYPED": 0, "PREFER_JIT_PYTHON_PLUGINS": 1, "PREFER_AOT_PYTHON_PLUGINS": 2}
 DATA_TYPES = {"FLOAT": 1, "HALF": 10, "BF16": 16, "INT8": 3, "INT32": 6, "INT64": 7, "BOOL": 9}
 ONNX_TO_TRT = {1: "FLOAT", 10: "HALF", 16: "BF16", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL"}
+NULL_FACTORY = "pybind11::init(): factory function returned nullptr"
+CUDA_INIT_ERROR = "CUDA initialization failure with error: 35"
+
+
+def _factory_fails(logger, what: str) -> None:
+    """Fail a constructor as the bindings do when TensorRT's factory returns null."""
+    if logger.trt.fail == what:
+        logger.log(logger.trt.ILogger.Severity.ERROR, CUDA_INIT_ERROR)
+        raise TypeError(NULL_FACTORY)
 
 
 class Member:
@@ -83,6 +94,7 @@ class Network:
 
 class OnnxParser:
     def __init__(self, network: Network, logger):
+        _factory_fails(logger, "parser")
         self.network, self.logger, self.errors = network, logger, []
         network.trt.calls.append(("OnnxParser",))
 
@@ -166,6 +178,7 @@ class Config:
 
 class Builder:
     def __init__(self, logger):
+        _factory_fails(logger, "builder")
         self.logger = logger
         self.trt = logger.trt
         self.trt.builders.append(self)
@@ -195,7 +208,8 @@ class Builder:
 
 def fake_tensorrt(version: str, fail: str | None = None) -> types.ModuleType:
     """A `tensorrt` module of `version` ("10.3.0", "11.4.0"); `fail` names one call to fail:
-    "parse", "profile", "timing-cache", "build" or "io-dtype"."""
+    "builder", "parser", "runtime" (their constructors), "parse", "profile", "timing-cache",
+    "build" or "io-dtype"."""
     trt = types.ModuleType("tensorrt")
     trt.__version__, trt.major, trt.fail = version, int(version.split(".")[0]), fail
     trt.looked_up, trt.calls, trt.builders, trt.networks, trt.configs = [], [], [], [], []
@@ -213,5 +227,9 @@ def fake_tensorrt(version: str, fail: str | None = None) -> types.ModuleType:
         def __init__(self):
             self.trt = trt
 
-    trt.ILogger, trt.Builder, trt.OnnxParser = ILogger, Builder, OnnxParser
+    class Runtime:
+        def __init__(self, logger):
+            _factory_fails(logger, "runtime")
+
+    trt.ILogger, trt.Builder, trt.OnnxParser, trt.Runtime = ILogger, Builder, OnnxParser, Runtime
     return trt

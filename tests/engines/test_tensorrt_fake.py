@@ -112,6 +112,8 @@ def test_fp8_refuses_an_int8_quantized_graph(tmp_path):
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("fail, message", [
+    ("builder", r"TensorRT could not create a builder \(.*nullptr\): CUDA initialization failure"),
+    ("parser", r"TensorRT could not create an ONNX parser \(.*nullptr\): CUDA initialization failure"),
     ("parse", r"cannot parse full_step.onnx:\n  In node 3 \(Gather\): UNSUPPORTED_NODE: no importer\n  In node 9"),
     ("profile", r"full_step: TensorRT refused profile 'decode' for input 'attention_mask' \(shapes "
                 r"\(1, 1\)/\(1, 34\)/\(1, 67\).*inconsistent"),

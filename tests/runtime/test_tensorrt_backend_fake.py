@@ -1,14 +1,18 @@
 """runtime/backends/tensorrt.py's logic around TensorRT and CUDA calls, with stand-ins for
 both (no GPU here): a profile switch only when the profile changes, TensorRT's RuntimeError
-turned into one DeviceError, rollback copies on the backend's stream."""
+and a runtime it cannot create turned into one DeviceError, rollback copies on the
+backend's stream."""
 
+import sys
 import types
+from pathlib import Path
 
 import pytest
 
 from runtime import contract as C
 from runtime.backends import tensorrt as backend
 from runtime.errors import DeviceError
+from tests.engines.fake_tensorrt import fake_tensorrt
 
 DIMS = C.Dims(n_layers=2, recycle_layers=1, n_kv_heads=2, head_dim=16, dim=64, vocab_size=96, dtype="float16")
 
@@ -89,3 +93,14 @@ def test_profile_failures_are_one_device_error(fail, reason):
                                           f"tokens{reason}$"):
         trt._select_profile("full_step", 1)
     assert trt.profile == {}  # not recorded: the next step tries again
+
+
+def test_a_runtime_tensorrt_cannot_create_is_one_device_error(monkeypatch, rt):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.3.0", fail="runtime"))
+    h100 = {"name": "NVIDIA H100", "compute_capability": [9, 0]}
+    monkeypatch.setattr(backend, "device_properties", lambda index: h100)
+    record = types.SimpleNamespace(backend_version="10.3.0", device=h100)
+    engine = types.SimpleNamespace(folder=Path("x/engines/hopper-fp16"), target="hopper-fp16", record=record)
+    with pytest.raises(DeviceError, match=r"TensorRT could not create a runtime \(.*nullptr\): "
+                                          "CUDA initialization failure with error: 35$"):
+        backend.TrtBackend(types.SimpleNamespace(folder=Path("x")), engine)
