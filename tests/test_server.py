@@ -253,6 +253,29 @@ def test_concurrent_clients_each_get_their_own_answer(generator, url):
           f"{rows / steps:.2f} rows per batched step")
 
 
+def test_a_fused_engine_batches_too(generator):
+    """The continuous batch on a fused CPU engine (one in-place pool of slots): 8 clients x
+    3 greedy standard requests through 3 slots each get the engine's own answer."""
+    from engines.build import build
+
+    build(generator.artifacts.folder, "cpu", "fp32")
+    prompts = [f"Say {word}." for word in ("yes", "no", "maybe", "something longer than that")]
+    with Generator.from_artifacts(generator.artifacts.folder, engine="cpu-fp32") as fused:
+        wanted = {p: expected(fused, chat_ids(fused, p), 24, "standard", temperature=0.0) for p in prompts}
+        with running(fused, max_batch=3) as base:
+            def one_client(n: int) -> list[bool]:
+                c = client(base)
+                return [c.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": prompts[(n + k) % 4]}], max_tokens=24,
+                    temperature=0, extra_body={"strategy": "standard"}).choices[0].message.content
+                    == wanted[prompts[(n + k) % 4]] for k in range(3)]
+
+            with ThreadPoolExecutor(8) as pool:
+                results = [ok for oks in pool.map(one_client, range(8)) for ok in oks]
+            assert all(results), f"{results.count(False)} answers differ"
+            assert _metric(base, "batched_rows_total") > _metric(base, "batched_steps_total") > 0
+
+
 class SlowGenerator:
     """The Generator with a pause before each token, so that a test can act mid-generation;
     counts the tokens each generation produced. One-at-a-time generations pause in their
