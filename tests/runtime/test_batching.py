@@ -71,7 +71,8 @@ def test_seeded_sampling_per_row(generator):
     """Each row samples with its own parameters and its own seeded generator, as alone."""
     params = [SamplingParams(temperature=0.8, seed=1), SamplingParams(temperature=1.2, top_k=10, seed=2),
               SamplingParams(), SamplingParams(temperature=0.9, top_p=0.8, seed=3)]
-    arrivals = [(i, PROMPTS[i], Request(sampling=p, max_new_tokens=15, stop_token_ids=())) for i, p in enumerate(params)]
+    arrivals = [(i, PROMPTS[i], Request(sampling=p, max_new_tokens=15, stop_token_ids=()))
+                for i, p in enumerate(params)]
     rows, _ = run(BatchDecoder(generator, 3), arrivals)
     for (_, prompt, request), row in zip(arrivals, rows):
         assert row.tokens == generator.generate(prompt, request).tokens
