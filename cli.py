@@ -562,9 +562,10 @@ def eval_cmd(artifacts, count, template_set, max_new_tokens, engine, threads, js
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="verify", show_default=True,
               help="Strategy of requests that name none (a request's `strategy` field overrides it).")
 @click.option("--max-batch", type=int, default=2, show_default=True,
-              help="Generations decoding at once, one per worker thread (not fused into one batched call).")
+              help="Generations decoding at once: the continuous batch's rows (standard) and the generations "
+                   "run one at a time (alternate, verify) together.")
 @click.option("--max-queue", type=int, default=64, show_default=True,
-              help="Requests waiting for a worker before the server answers 429.")
+              help="Requests waiting for a slot before the server answers 429.")
 @click.option("--api-key", default=None, envvar="RECYCLE_API_KEY",
               help="Require `Authorization: Bearer KEY` (or set RECYCLE_API_KEY).")
 @click.option("--max-tokens", type=int, default=None, help="Largest max_tokens a request may ask (default: the context).")

@@ -174,11 +174,13 @@ def _inplace_graph(base: GraphContract) -> GraphContract:
     """`base` (concat-kv-v1) under inplace-kv-v1: past and present KV of shape
     [batch, kv_heads, capacity, head_dim], each present bound to its past's buffer (the
     graph writes positions [total - new, total) and leaves the rest alone); position_ids
-    and attention_mask give way to seqlens_k (int32 [batch], total - 1) and
-    total_sequence_length (int32 scalar). New token s sits at position total - new + s,
-    its rotary position too, and attends causally, so rolling a cache back by k
-    positions is only a length change: the next step overwrites the stale rows. Rows
-    start at position 0 (no left padding): these engines decode one prompt at a time."""
+    and attention_mask give way to seqlens_k (int32 [batch], total - 1 per row) and
+    total_sequence_length (int32 scalar, the longest row's total). New token s sits at
+    position total - new + s, its rotary position too, and attends causally, so rolling a
+    cache back by k positions is only a length change: the next step overwrites the stale
+    rows. Rows start at position 0 (no left padding): no lockstep left-padded batches,
+    but a continuous batch (runtime.batching) steps rows of different lengths, one new
+    token each (GroupQueryAttention takes more only in a batch of one)."""
     def kv(t: TensorSpec) -> TensorSpec:
         return TensorSpec(t.name, t.dtype, (BATCH, t.shape[1], CAPACITY, t.shape[3]))
 

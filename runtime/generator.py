@@ -369,16 +369,20 @@ class Generator:
                 s.finish[row] = "stop"
                 continue
             s.n_tokens[row] = generated
-            if s.request.stop_strings and self._has_stop_string(s, row):
-                s.finish[row] = "stop"
-            elif generated >= s.request.max_new_tokens:
-                s.finish[row] = "max_new_tokens"
-            elif s.length >= self.capacity:
-                s.finish[row] = "length"
+            s.finish[row] = self._finish_after(s.request, s.tokens[row, s.prompt_end:s.length], s.length)
         s.stats.generated_tokens = sum(s.n_tokens)
         yield column
         return all(f is not None for f in s.finish)
 
-    def _has_stop_string(self, s: _State, row: int) -> bool:
-        text = self.codec.decode(s.tokens[row, s.prompt_end:s.length].tolist())
-        return any(stop in text for stop in s.request.stop_strings)
+    def _finish_after(self, request: Request, generated, length: int) -> str | None:
+        """Why a row stops after emitting its last token (not a stop token), or None:
+        `generated` is its output so far, `length` its positions, prompt included."""
+        if request.stop_strings:
+            text = self.codec.decode([int(t) for t in generated])
+            if any(stop in text for stop in request.stop_strings):
+                return "stop"
+        if len(generated) >= request.max_new_tokens:
+            return "max_new_tokens"
+        if length >= self.capacity:
+            return "length"
+        return None

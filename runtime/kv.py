@@ -66,19 +66,22 @@ class InplaceOutputs:
 
 
 class InplaceKVPool:
-    """Fixed-capacity buffers, (1, H_kv, capacity, D) per layer, key and value. `buffers`
-    maps each past_key_values.* name to its buffer as the backend binds it (an
-    onnxruntime OrtValue over `arrays`); output_buffers gives the present.* names the
-    same buffers."""
+    """Fixed-capacity buffers, (rows, H_kv, capacity, D) per layer, key and value (one row
+    for a Generator; a continuous batch's slots for runtime.batching). `buffers` maps each
+    past_key_values.* name to its buffer as the backend binds it (an onnxruntime OrtValue
+    over `arrays`); output_buffers gives the present.* names the same buffers. `lengths`
+    counts one sequence's positions: a pool of several rows leaves them to its owner."""
 
-    def __init__(self, dims: C.Dims, capacity: int, wrap=lambda array: array):
-        self.capacity = capacity
+    def __init__(self, dims: C.Dims, capacity: int, wrap=lambda array: array, rows: int = 1,
+                 arrays: dict[str, np.ndarray] | None = None):
+        self.dims, self.capacity, self._wrap = dims, capacity, wrap
         self.layers = {BASE: C.full_step(dims).kv_layers, MODULE: C.recycle_step(dims).kv_layers}
-        shape = (1, dims.n_kv_heads, capacity, dims.head_dim)  # (B, H_kv, capacity, D)
+        shape = (rows, dims.n_kv_heads, capacity, dims.head_dim)  # (B, H_kv, capacity, D)
         # Uninitialized and untouched until written: the graphs read a cache only below its
         # length, and a long capacity costs only the pages decoding reaches.
-        self.arrays = {name(i): np.empty(shape, dtype=dims.dtype) for layers in self.layers.values()
-                       for i in layers for name in (C.past_key, C.past_value)}
+        self.arrays = arrays if arrays is not None else {
+            name(i): np.empty(shape, dtype=dims.dtype) for layers in self.layers.values()
+            for i in layers for name in (C.past_key, C.past_value)}
         self.buffers = {name: wrap(array) for name, array in self.arrays.items()}
         self.lengths = {BASE: 0, MODULE: 0}
         self.bindings: dict = {}  # the backend's bindings of these buffers, made once per graph
@@ -108,6 +111,12 @@ class InplaceKVPool:
         """Forget the last `n` positions: the next step overwrites them."""
         assert 0 <= n <= self.lengths[cache]
         self.lengths[cache] -= n
+
+    def rows(self, start: int, stop: int) -> "InplaceKVPool":
+        """A pool over rows start .. stop-1 of these buffers: views, no copy (the batch
+        dimension is the outermost, so each view is contiguous), with bindings of its own."""
+        return InplaceKVPool(self.dims, self.capacity, self._wrap,
+                             arrays={name: array[start:stop] for name, array in self.arrays.items()})
 
     def close(self) -> None:
         self.bindings.clear()

@@ -45,7 +45,7 @@ class Settings:
 
     model_id: str
     strategy: str = "verify"
-    max_batch: int = 2  # worker threads decoding at once; the CPU has few cores to share
+    max_batch: int = 2  # generations decoding at once (the continuous batch's slots)
     max_queue: int = 64
     api_key: str | None = None
     max_body_bytes: int = 1 << 20
@@ -240,7 +240,7 @@ async def _events(job: Job, model_id: str):
             break
         yield "data: [DONE]\n\n"
     finally:
-        job.cancelled.set()  # no effect once Done came; otherwise the worker stops at the next token
+        job.cancelled.set()  # no effect once Done came; otherwise the generation stops before its next token
 
 
 def _sse(payload: dict) -> str:

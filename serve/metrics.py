@@ -8,15 +8,15 @@ from collections import Counter
 
 
 class Metrics:
-    """Thread-safe: the event loop counts requests, the workers count generations."""
+    """Thread-safe: the event loop counts requests, the model thread counts generations."""
 
     def __init__(self, max_batch: int, max_queue: int):
         self._lock = threading.Lock()
         self.max_batch, self.max_queue = max_batch, max_queue
         self.requests: Counter = Counter()  # (endpoint, status) -> count
         self.totals: Counter = Counter()  # name -> value, the *_total counters below
-        self.queued = 0  # accepted, waiting for a worker
-        self.running = 0  # decoding on a worker now
+        self.queued = 0  # accepted, waiting for a slot
+        self.running = 0  # decoding now
 
     def request(self, endpoint: str, status: int) -> None:
         with self._lock:
@@ -65,7 +65,9 @@ class Metrics:
                 ("prefill_seconds", "Seconds up to each generation's first token, summed."),
                 ("base_calls", "Base model calls."), ("module_calls", "Recyclable module calls."),
                 ("drafts_proposed", "verify: drafted tokens checked by the base."),
-                ("drafts_accepted", "verify: drafted tokens the base accepted.")):
+                ("drafts_accepted", "verify: drafted tokens the base accepted."),
+                ("batched_steps", "Batched base calls of the continuous batch (standard)."),
+                ("batched_rows", "Rows over all batched base calls (/ batched_steps: the mean batch).")):
             series(f"{name}_total", "counter", help_text, [("", t.get(name, 0))])
         seconds = t.get("decode_seconds", 0.0)
         series("decode_tokens_per_second", "gauge",
@@ -75,8 +77,9 @@ class Metrics:
         proposed = t.get("drafts_proposed", 0)
         series("draft_acceptance", "gauge", "verify: accepted / proposed drafts, over all finished generations.",
                [("", float(t.get("drafts_accepted", 0) / proposed if proposed else 0.0))])
-        series("queue_depth", "gauge", "Requests accepted and waiting for a worker.", [("", queued)])
-        series("batch_size", "gauge", "Generations decoding at once (one per worker thread).", [("", running)])
-        series("max_batch", "gauge", "Worker threads (--max-batch).", [("", self.max_batch)])
+        series("queue_depth", "gauge", "Requests accepted and waiting for a slot.", [("", queued)])
+        series("batch_size", "gauge", "Generations decoding at once: rows of the continuous batch and "
+               "one-at-a-time generations together.", [("", running)])
+        series("max_batch", "gauge", "Generations decoding at once at most (--max-batch).", [("", self.max_batch)])
         series("max_queue", "gauge", "Waiting requests before 429 (--max-queue).", [("", self.max_queue)])
         return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """The OpenAI-compatible server (serve/), driven over loopback HTTP by the official `openai`
 client and by raw HTTP: answers equal the runtime's own for the same request, streamed or
 not; every error has OpenAI's shape and names its parameter; concurrent clients each get
-their own prompt's answer; a client that goes away cancels its generation."""
+their own prompt's answer (standard ones decoded in a continuous batch); a client that
+goes away cancels its generation."""
 
 from __future__ import annotations
 
@@ -246,15 +247,44 @@ def test_concurrent_clients_each_get_their_own_answer(generator, url):
     assert len(results) == 256 and all(results), f"{results.count(False)} answers differ"
     status, health = raw(url, "GET", "/health")
     assert status == 200 and health == {"status": "ok", "model": MODEL, "queue_depth": 0, "batch_size": 0}
-    print(f"load test: 256 requests from 32 clients in {seconds:.1f}s ({256 / seconds:.0f} requests/s)")
+    steps, rows = _metric(url, "batched_steps_total"), _metric(url, "batched_rows_total")
+    assert rows > steps > 0  # standard requests shared batched base calls
+    print(f"load test: 256 requests from 32 clients in {seconds:.1f}s ({256 / seconds:.0f} requests/s), "
+          f"{rows / steps:.2f} rows per batched step")
+
+
+def test_a_fused_engine_batches_too(generator):
+    """The continuous batch on a fused CPU engine (one in-place pool of slots): 8 clients x
+    3 greedy standard requests through 3 slots each get the engine's own answer."""
+    from engines.build import build
+
+    build(generator.artifacts.folder, "cpu", "fp32")
+    prompts = [f"Say {word}." for word in ("yes", "no", "maybe", "something longer than that")]
+    with Generator.from_artifacts(generator.artifacts.folder, engine="cpu-fp32") as fused:
+        wanted = {p: expected(fused, chat_ids(fused, p), 24, "standard", temperature=0.0) for p in prompts}
+        with running(fused, max_batch=3) as base:
+            def one_client(n: int) -> list[bool]:
+                c = client(base)
+                return [c.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": prompts[(n + k) % 4]}], max_tokens=24,
+                    temperature=0, extra_body={"strategy": "standard"}).choices[0].message.content
+                    == wanted[prompts[(n + k) % 4]] for k in range(3)]
+
+            with ThreadPoolExecutor(8) as pool:
+                results = [ok for oks in pool.map(one_client, range(8)) for ok in oks]
+            assert all(results), f"{results.count(False)} answers differ"
+            assert _metric(base, "batched_rows_total") > _metric(base, "batched_steps_total") > 0
 
 
 class SlowGenerator:
     """The Generator with a pause before each token, so that a test can act mid-generation;
-    counts the tokens each generation produced."""
+    counts the tokens each generation produced. One-at-a-time generations pause in their
+    stream; the continuous batch pauses in every base call of its backend, whose calls
+    count as the tokens of one generation (these tests run one at a time)."""
 
     def __init__(self, generator, pause: float):
         self.generator, self.pause, self.tokens = generator, pause, []
+        self.backend = SlowBackend(generator.backend, self)
 
     def __getattr__(self, name):
         return getattr(self.generator, name)
@@ -272,6 +302,21 @@ class SlowGenerator:
 
             result, close = inner.result, inner.close
         return Slow()
+
+
+class SlowBackend:
+    def __init__(self, backend, slow: SlowGenerator):
+        self.inner, self.slow = backend, slow
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, graph, feeds, kv_outputs=None):
+        time.sleep(self.slow.pause)
+        if not self.slow.tokens:
+            self.slow.tokens.append(0)
+        self.slow.tokens[0] += graph == "full_step"
+        return self.inner.run(graph, feeds, kv_outputs)
 
 
 def wait_for(condition, what: str, seconds: float = 20) -> None:

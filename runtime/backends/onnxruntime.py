@@ -91,6 +91,13 @@ class OrtBackend(Backend):
             return InplaceKVPool(dims, capacity, self._ort.OrtValue.ortvalue_from_numpy)
         return KVPool(dims, batch, capacity)
 
+    def new_kv_slots(self, dims: C.Dims, slots: int, capacity: int) -> InplaceKVPool:
+        """inplace-kv-v1 only: buffers for `slots` sequences that each start at position 0
+        (runtime.batching): a step over several rows takes a right-padded attention mask,
+        row r's ones covering its own positions."""
+        assert self.kv_contract == C.INPLACE_CONTRACT_NAME
+        return InplaceKVPool(dims, capacity, self._ort.OrtValue.ortvalue_from_numpy, rows=slots)
+
     def close(self) -> None:
         self.sessions = {}
 
@@ -98,8 +105,10 @@ class OrtBackend(Backend):
         """One step. concat-kv-v1: outputs are allocated by ONNX Runtime (kv_outputs is not
         used). inplace-kv-v1: `feeds` carry the pool's buffers and the contract's common
         inputs (position_ids and attention_mask included, as for the exported graphs);
-        the lengths come from the mask, and only logits and hidden states come back, in
-        buffers the pool keeps: valid until the pool's next step of the same graph and shape."""
+        the lengths come from the mask (row r's total length is its count of ones: rows start
+        at position 0, so a batch's mask is right-padded), and only logits and hidden states
+        come back, in buffers the pool keeps: valid until the pool's next step of the same
+        graph and shape."""
         if self.kv_contract == C.INPLACE_CONTRACT_NAME:
             return self._run_inplace(graph, feeds, kv_outputs)
         names = self._output_names[graph]
@@ -116,9 +125,10 @@ class OrtBackend(Backend):
             for name, buffer in kv_outputs.buffers.items():
                 binding.bind_ortvalue_output(name, buffer)
             kv_outputs.bindings[graph] = binding
-        total = feeds[C.ATTENTION_MASK].shape[1]
+        mask = feeds[C.ATTENTION_MASK]
+        total = mask.shape[1]
         small = {C.INPUT_IDS: feeds[C.INPUT_IDS], C.NUM_LOGITS_INPUT: feeds[C.NUM_LOGITS_INPUT],
-                 C.SEQLENS_K: np.array([total - 1], dtype=np.int32),
+                 C.SEQLENS_K: (mask.sum(axis=1) - 1).astype(np.int32),
                  C.TOTAL_SEQUENCE_LENGTH: np.array(total, dtype=np.int32)}
         if C.HIDDEN_STATES in feeds:
             small[C.HIDDEN_STATES] = feeds[C.HIDDEN_STATES]
