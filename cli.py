@@ -200,7 +200,7 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
               help="At most this many positions (rows x longest sequence) per training step.")
 @click.option("--answers-artifacts", type=click.Path(file_okay=False),
               help="Write the training answers with this export of the same base (ONNX Runtime) instead of "
-                   "PyTorch: several times faster on a CPU.")
+                   "PyTorch: several times faster on a CPU (needs the onnxruntime extra).")
 @click.option("--answers-engine", help="With --answers-artifacts: an engine built under it, e.g. cpu-fp32 "
                                        "(default: the exported graphs).")
 @click.option("--threads", type=int, default=None)

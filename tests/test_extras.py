@@ -27,7 +27,7 @@ COMMANDS = {
     "export": (("recycle_export.export",), ("export", "onnxruntime")),
     "validate": (("recycle_export.validate",), ("export", "onnxruntime")),
     "inspect": (("recycle_export.describe",), ("export", "onnxruntime")),
-    "train-recycler": (("recycle_export.train",), ("export",)),
+    "train-recycler": (("recycle_export.train",), ("export", "onnxruntime")),  # onnxruntime: --answers-artifacts
     "build --target cpu": (("engines.build", "engines.ort", "engines.ort_fused"), ("onnxruntime",)),
     "build --target ort-cuda": (("engines.build", "engines.ort"), ("onnxruntime-gpu",)),
     **{f"build --target {t} ({extra})": (("engines.build", "engines.tensorrt", "runtime.backends.tensorrt",
