@@ -336,7 +336,7 @@ def test_a_full_queue_answers_429(generator):
     with running(slow, max_batch=1, max_queue=0) as base:
         c = client(base)
         with ThreadPoolExecutor(1) as pool:
-            busy = pool.submit(lambda: c.completions.create(model=MODEL, prompt="a", max_tokens=40))
+            busy = pool.submit(lambda: c.completions.create(model=MODEL, prompt="a", max_tokens=200))
             wait_for(lambda: _metric(base, "batch_size") >= 1 or busy.done(), "the first request to start")
             body = _refused(lambda: c.completions.create(model=MODEL, prompt="b", max_tokens=2),
                             openai.RateLimitError, 429, None)
