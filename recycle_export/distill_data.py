@@ -102,10 +102,8 @@ def engine_sequences(generator, prompt_ids: list[list[int]], max_new_tokens: int
     from runtime.request import Request
 
     request = Request("verify", max_new_tokens=max_new_tokens, stop_token_ids=stop_ids)
-    done = 0
 
     def answer(ids: list[int]) -> Sequence | None:
-        nonlocal done
         try:
             result = generator.generate(ids, request)
         except GenerationError as exc:
@@ -118,12 +116,15 @@ def engine_sequences(generator, prompt_ids: list[list[int]], max_new_tokens: int
             assert tokens[-1] in stop_ids, "the engine's answer stopped on a token its base would not pick"
         else:
             hidden = hidden[:-1]  # the last token is a target only
-        done += 1
-        progress(done)
         return Sequence(torch.tensor(tokens), torch.from_numpy(np.array(hidden)).half(), len(ids))
 
+    out = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [s for s in pool.map(answer, prompt_ids) if s is not None]
+        for done, sequence in enumerate(pool.map(answer, prompt_ids), 1):  # in order, progress on this thread
+            if sequence is not None:
+                out.append(sequence)
+            progress(done)
+    return out
 
 
 def save_sequences(sequences: list[Sequence], path: Path) -> None:

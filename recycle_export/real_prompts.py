@@ -319,34 +319,39 @@ def _rag(split: str, rng: random.Random):
                      (key, *(k for k, _, _ in others)))
 
 
+def _manpage_text(lang: str, page: Path, split: str, rng: random.Random) -> tuple[str, str, str] | None:
+    """(document key, language, text) of a translated manual page's first DESCRIPTION
+    paragraph, or None when the page is not for this split or has no such paragraph."""
+    key = f"man:man1/{page.name.removesuffix('.gz')}"
+    if not usable(key, split):
+        return None
+    try:
+        text = manpage_description(page)
+    except (StopIteration, OSError, UnicodeDecodeError, subprocess.CalledProcessError):
+        return None  # a page without a DESCRIPTION paragraph man(1) can render
+    return (key, MAN_LANGUAGES[lang], text) if len(text.split()) >= 20 else None
+
+
+def _handbook_text(lang: str, section: str, split: str, rng: random.Random) -> tuple[str, str, str] | None:
+    """(document key, language, text) of a translated handbook paragraph, or None."""
+    key = f"handbook:{section}"
+    if not usable(key, split):
+        return None
+    paragraphs = [p for p in _paragraphs(_handbook_blocks(section, lang), 20, 160) if _looks_foreign(p)]
+    return (key, TRANSLATION_LANGUAGES[lang], rng.choice(paragraphs)) if paragraphs else None
+
+
 def _translations(split: str, rng: random.Random):
-    handbook_items = [(lang, s) for lang in TRANSLATION_LANGUAGES for s in _handbook_sections(lang)]
-    man_items = [(lang, p) for lang in MAN_LANGUAGES for p in sorted((MAN / lang / "man1").glob("*.1.gz"))]
+    handbook_items = [(_handbook_text, lang, s) for lang in TRANSLATION_LANGUAGES for s in _handbook_sections(lang)]
+    man_items = [(_manpage_text, lang, p) for lang in MAN_LANGUAGES for p in sorted((MAN / lang / "man1").glob("*.1.gz"))]
     rng.shuffle(handbook_items)
     rng.shuffle(man_items)
-    sources = []  # alternate handbook paragraphs and manual pages
-    for pair in zip(handbook_items, man_items):
-        sources.extend(pair)
-    for lang, where in sources:
-        if isinstance(where, Path):
-            key, language = f"man:man1/{where.name.removesuffix('.gz')}", MAN_LANGUAGES[lang]
-            if not usable(key, split):
-                continue
-            try:
-                text = manpage_description(where)
-            except (StopIteration, OSError, UnicodeDecodeError, subprocess.CalledProcessError):
-                continue  # a page without a DESCRIPTION paragraph man(1) can render
-            if len(text.split()) < 20:
-                continue
-        else:
-            key, language = f"handbook:{where}", TRANSLATION_LANGUAGES[lang]
-            if not usable(key, split):
-                continue
-            paragraphs = [p for p in _paragraphs(_handbook_blocks(where, lang), 20, 160) if _looks_foreign(p)]
-            if not paragraphs:
-                continue
-            text = rng.choice(paragraphs)
-        yield Prompt("translation", (("user", rng.choice(TRANSLATE_ASKS).format(lang=language, text=text)),), (key,))
+    for read, lang, where in _interleave(handbook_items, man_items):
+        found = read(lang, where, split, rng)
+        if found:
+            key, language, text = found
+            yield Prompt("translation", (("user", rng.choice(TRANSLATE_ASKS).format(lang=language, text=text)),),
+                         (key,))
 
 
 def _chats(split: str, rng: random.Random):

@@ -122,6 +122,16 @@ def _chi_square(counts: np.ndarray, probs: np.ndarray) -> float:
     return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
 
 
+def _base_next_probs(model, sampling: SamplingParams):
+    """The base's sampling distribution of the token after a sequence, computed directly."""
+    def next_probs(seq):
+        with torch.no_grad():
+            out = model.base_step(torch.tensor([seq]), torch.arange(len(seq))[None],
+                                  torch.ones(1, len(seq), dtype=torch.long), model.empty_kv(2))
+        return probabilities(out.logits[0, -1].double().numpy(), sampling)
+    return next_probs
+
+
 def test_verify_sampling_preserves_base_distribution():
     """Over many seeds, verify's first two tokens (the base's x_n and the verified draft
     x_{n+1}) follow the base's exact joint distribution p(x_n) p(x_{n+1} | x_n), and so
@@ -131,12 +141,7 @@ def test_verify_sampling_preserves_base_distribution():
     sampling = dict(temperature=1.0)
     prompt = [1, 4, 2]
     dec = ReferenceDecoder(model)
-
-    def next_probs(seq):
-        with torch.no_grad():
-            out = model.base_step(torch.tensor([seq]), torch.arange(len(seq))[None],
-                                  torch.ones(1, len(seq), dtype=torch.long), model.empty_kv(2))
-        return probabilities(out.logits[0, -1].double().numpy(), SamplingParams(**sampling))
+    next_probs = _base_next_probs(model, SamplingParams(**sampling))
 
     p0 = next_probs(prompt)
     joint = np.stack([p0[a] * next_probs(prompt + [a]) for a in range(vocab)])  # (V, V)
@@ -167,12 +172,7 @@ def test_chained_and_lookup_verify_sampling_preserves_base_distribution():
     sampling = dict(temperature=1.0)
     prompt = [1, 3, 1, 2, 1]
     dec = ReferenceDecoder(model)
-
-    def next_probs(seq):
-        with torch.no_grad():
-            out = model.base_step(torch.tensor([seq]), torch.arange(len(seq))[None],
-                                  torch.ones(1, len(seq), dtype=torch.long), model.empty_kv(2))
-        return probabilities(out.logits[0, -1].double().numpy(), SamplingParams(**sampling))
+    next_probs = _base_next_probs(model, SamplingParams(**sampling))
 
     joint = np.zeros((vocab,) * 3)
     p0 = next_probs(prompt)
