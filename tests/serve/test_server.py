@@ -280,10 +280,12 @@ class SlowGenerator:
     """The Generator with a pause before each token, so that a test can act mid-generation;
     counts the tokens each generation produced. One-at-a-time generations pause in their
     stream; the continuous batch pauses in every base call of its backend, whose calls
-    count as the tokens of one generation (these tests run one at a time)."""
+    count as the tokens of one generation (these tests run one at a time). With `hold`, a
+    one-at-a-time generation waits for that event before its first token, so that it cannot
+    end (a sampled end-of-sequence) before the test has acted."""
 
-    def __init__(self, generator, pause: float):
-        self.generator, self.pause, self.tokens = generator, pause, []
+    def __init__(self, generator, pause: float, hold: threading.Event | None = None):
+        self.generator, self.pause, self.tokens, self.hold = generator, pause, [], hold
         self.backend = SlowBackend(generator.backend, self)
 
     def __getattr__(self, name):
@@ -295,6 +297,8 @@ class SlowGenerator:
 
         class Slow:
             def __iter__(slow):
+                if self.hold is not None:
+                    assert self.hold.wait(30), "the test never released the held generation"
                 for token in inner:
                     time.sleep(self.pause)
                     self.tokens[count] += 1
@@ -332,14 +336,19 @@ def _metric(base: str, name: str) -> float:
 
 
 def test_a_full_queue_answers_429(generator):
-    slow = SlowGenerator(generator, 0.02)
+    hold = threading.Event()
+    slow = SlowGenerator(generator, 0.0, hold)
     with running(slow, max_batch=1, max_queue=0) as base:
         c = client(base)
         with ThreadPoolExecutor(1) as pool:
-            busy = pool.submit(lambda: c.completions.create(model=MODEL, prompt="a", max_tokens=200))
-            wait_for(lambda: _metric(base, "batch_size") >= 1 or busy.done(), "the first request to start")
-            body = _refused(lambda: c.completions.create(model=MODEL, prompt="b", max_tokens=2),
-                            openai.RateLimitError, 429, None)
+            busy = pool.submit(lambda: c.completions.create(model=MODEL, prompt="a", max_tokens=20,
+                                                            extra_body={"strategy": "verify"}))  # one at a time
+            try:
+                wait_for(lambda: _metric(base, "batch_size") >= 1, "the first request to start")
+                body = _refused(lambda: c.completions.create(model=MODEL, prompt="b", max_tokens=2),
+                                openai.RateLimitError, 429, None)
+            finally:
+                hold.set()
             assert body["code"] == "queue_full"
             assert busy.result().usage.completion_tokens > 0
 
