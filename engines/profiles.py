@@ -1,7 +1,7 @@
 """TensorRT optimization profiles derived from the contract and the maximum sequence length.
 
 Two profiles per graph, as decoding has two regimes:
-- "decode" (profile 0): 1 to contract.DECODE_MAX_NEW new tokens (alternate and verify take 2) over
+- "decode" (profile 0): 1 to contract.DECODE_MAX_NEW new tokens (opt 2: alternate's step) over
   a past of 0 to max_seq_len - 1 positions;
 - "prefill" (profile 1): a whole prompt (1 to max_seq_len tokens, opt PREFILL_OPT) over an
   empty past.

@@ -91,9 +91,10 @@ def _acceptance_at(stats) -> tuple[float | None, ...]:
 
 
 def by_position(values: tuple[float | None, ...]) -> str:
-    """Acceptance per draft position as "0.71/0.55/0.40" ("-" where none was drafted)."""
-    return "-" if not any(v is not None for v in values) else "/".join(
-        "-" if v is None else f"{v:.2f}" for v in values)
+    """Acceptance per draft position as "0.71/0.55/0.40", up to the last position drafted
+    ("-" where none was drafted)."""
+    drafted = [i for i, v in enumerate(values) if v is not None]
+    return "-" if not drafted else "/".join("-" if v is None else f"{v:.2f}" for v in values[:drafted[-1] + 1])
 
 
 def run_bench(generator: Generator, prompts: list[list[int]], strategies: tuple[str, ...],

@@ -23,8 +23,8 @@ RECYCLE_STEP = "recycle_step"
 FLOAT_DTYPES = ("float32", "float16")
 # The decode/prefill split of a step, which engines with shape profiles (TensorRT) build and
 # select by: a step of up to DECODE_MAX_NEW new tokens decodes over a past (standard takes 1,
-# alternate and verify 2, chained drafts up to 4); a longer one is a prefill.
-DECODE_MAX_NEW = 4
+# alternate 2, verify 1 + its drafts, up to 16); a longer one is a prefill.
+DECODE_MAX_NEW = 16
 
 # Every element type the graphs use, by the contract's name (numpy's too), with how ONNX
 # numbers it (TensorProto), how ONNX Runtime spells it and TensorRT's DataType member.

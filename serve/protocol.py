@@ -141,7 +141,7 @@ def _request(body: dict, kind: str, default_strategy: str, max_tokens_limit: int
 
 def _runtime(build, params: tuple[str, ...]):
     """Run one of the runtime's own checks, reporting its refusal against the parameter its
-    message names (its messages start with the field; DraftOptions says max_draft in 1..3)."""
+    message names (its messages start with the field; DraftOptions says max_draft in 1..15)."""
     try:
         return build()
     except RecycleExportError as exc:

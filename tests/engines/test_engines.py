@@ -44,14 +44,15 @@ def test_presets():
 def test_profiles_follow_the_contract():
     dims = C.Dims(n_layers=2, recycle_layers=1, n_kv_heads=2, head_dim=16, dim=64, vocab_size=96)
     decode, prefill = derive_profiles(C.full_step(dims), max_seq_len=64, max_batch=4)
-    assert decode.shapes["input_ids"] == ((1, 1), (1, 2), (4, 4))
+    assert C.DECODE_MAX_NEW == 16
+    assert decode.shapes["input_ids"] == ((1, 1), (1, 2), (4, 16))
     assert decode.shapes["past_key_values.1.value"] == ((1, 2, 0, 16), (1, 2, 32, 16), (4, 2, 63, 16))
-    assert decode.shapes["attention_mask"] == ((1, 1), (1, 34), (4, 67))  # total = past + new
-    assert decode.values["num_logits"] == ((1,), (2,), (4,))
+    assert decode.shapes["attention_mask"] == ((1, 1), (1, 34), (4, 79))  # total = past + new
+    assert decode.values["num_logits"] == ((1,), (2,), (16,))
     assert prefill.shapes["input_ids"] == ((1, 1), (1, 64), (4, 64))
     assert prefill.shapes["past_key_values.0.key"] == ((1, 2, 0, 16),) * 2 + ((4, 2, 0, 16),)
     module = derive_profiles(C.recycle_step(dims), 64, 1)[0]
-    assert module.shapes["hidden_states"] == ((1, 1, 64), (1, 2, 64), (1, 4, 64))
+    assert module.shapes["hidden_states"] == ((1, 1, 64), (1, 2, 64), (1, 16, 64))
     assert set(module.shapes) == set(C.recycle_step(dims).input_names)
     assert select_profile(2) == 0 and select_profile(30) == 1
 

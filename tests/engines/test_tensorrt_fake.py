@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from engines.build import build
+from runtime import contract as C
 from runtime.errors import EngineBuildError
 from tests.engines.fake_tensorrt import WEAK_TYPING_FLAGS, fake_tensorrt
 
@@ -59,7 +60,7 @@ def test_fp16_plans_are_strongly_typed_float16_graphs(fp16, use_tensorrt, tmp_pa
     assert [c for c in trt.calls if c[0] == "create_network"] == [("create_network", 1 << strongly_typed)] * 2
     assert len(trt.configs) == 2 and all(len(c.profiles) == 2 for c in trt.configs)
     decode, prefill = trt.configs[0].profiles
-    assert decode.values["num_logits"] == ((1,), (2,), (4,)) and decode.shapes["num_logits"] == ((1,),) * 3
+    assert decode.values["num_logits"] == ((1,), (2,), (C.DECODE_MAX_NEW,)) and decode.shapes["num_logits"] == ((1,),) * 3
     assert prefill.shapes["past_key_values.0.key"][2][2] == 0  # a prefill has no past
     folder = fp16 / "engines" / "hopper-fp16"
     written = json.loads((folder / "engine.json").read_text())
@@ -116,7 +117,7 @@ def test_fp8_refuses_an_int8_quantized_graph(tmp_path):
     ("parser", r"TensorRT could not create an ONNX parser \(.*nullptr\): CUDA initialization failure"),
     ("parse", r"cannot parse full_step.onnx:\n  In node 3 \(Gather\): UNSUPPORTED_NODE: no importer\n  In node 9"),
     ("profile", r"full_step: TensorRT refused profile 'decode' for input 'attention_mask' \(shapes "
-                r"\(1, 1\)/\(1, 34\)/\(1, 67\).*inconsistent"),
+                r"\(1, 1\)/\(1, 34\)/\(1, 79\).*inconsistent"),
     ("timing-cache", "refused the timing cache"),
     ("build", r"failed to build full_step:\n  Error Code 4: Internal Error \(no kernel\)"),
     ("io-dtype", r"full_step: TensorRT typed 'present.1.value' as float32, the contract says float16"),

@@ -14,7 +14,7 @@ from recycle_export.reference import ReferenceDecoder
 from runtime.errors import ArtifactError, GenerationError, SamplingError
 from runtime.drafts import lookup_draft
 from runtime.generator import Generator, Request
-from runtime.request import DraftOptions
+from runtime.request import MAX_DRAFT, DraftOptions
 
 # verify as the paper-style one-draft schedule: a module draft every step, whatever its confidence.
 ONE_MODULE_DRAFT = DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0)
@@ -51,6 +51,7 @@ def test_verify_equals_standard_and_accepts_some(tmp_path_factory):
     export(root / "ckpt", root / "art")
     gen = Generator.from_artifacts(root / "art", threads=1)
     accepted = proposed = 0
+    lookup_at = np.zeros(MAX_DRAFT, int)  # the default lookup drafts accepted per position
     for seed in range(6):
         prompt = np.random.default_rng(seed).integers(0, 8, 4).tolist()
         standard = gen.generate(prompt, Request("standard", max_new_tokens=24, stop_token_ids=()))
@@ -58,7 +59,11 @@ def test_verify_equals_standard_and_accepts_some(tmp_path_factory):
         assert verify.tokens == standard.tokens
         accepted += verify.stats.drafts_accepted
         proposed += verify.stats.drafts_proposed
+        lookup = gen.generate(prompt, Request("verify", max_new_tokens=24, stop_token_ids=()))
+        assert lookup.tokens == standard.tokens
+        lookup_at += lookup.stats.accepted_at
     assert 0 < accepted < proposed
+    assert lookup_at[3:].sum() > 0  # drafts longer than 3 were accepted (the text repeats itself)
 
 
 def test_sampling_matches_reference_with_seed(generator, tiny):
@@ -227,14 +232,16 @@ DRAFTS = [DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability
           DraftOptions(max_draft=3, lookup_ngram=0, module=True, min_probability=0.0),  # full module chains
           DraftOptions(max_draft=3, lookup_ngram=1, module=False),  # prompt lookup alone
           DraftOptions(max_draft=3, lookup_ngram=0, module=True, min_probability=0.05),  # chains the module is sure of
-          DraftOptions()]  # the defaults: lookup, else an adaptive chain
+          DraftOptions(max_draft=MAX_DRAFT, lookup_ngram=1, module=True, min_probability=0.0),  # the longest drafts
+          DraftOptions()]  # the defaults: lookup drafts as long as their match
 
 
 @pytest.mark.parametrize("drafts", DRAFTS, ids=lambda d: f"k{d.max_draft}-n{d.lookup_ngram}-m{int(d.module)}")
 def test_multi_token_drafts_equal_reference_and_standard(generator, tiny, drafts):
     """Every draft source and length: the runtime makes the reference's drafts and calls,
     and greedy verify gives standard's tokens."""
-    for prompt in PROMPTS + [[7, 8, 7, 8, 7, 8, 7]]:
+    beyond_three = 0  # drafts proposed at positions 4 and later
+    for prompt in PROMPTS + [[7, 8, 7, 8, 7, 8, 7], [7, 8, 9, 10, 11, 12] * 2 + [7, 8, 9]]:
         request = Request("verify", max_new_tokens=30, stop_token_ids=(), drafts=drafts)
         ours = generator.generate(prompt, request)
         ref = ReferenceDecoder(tiny).generate(prompt, request)
@@ -249,6 +256,8 @@ def test_multi_token_drafts_equal_reference_and_standard(generator, tiny, drafts
         assert all(later <= earlier for earlier, later in zip(st.proposed_at, st.proposed_at[1:]))
         assert all(later <= earlier for earlier, later in zip(st.accepted_at, st.accepted_at[1:]))
         assert ours.stats.base_calls <= standard.stats.base_calls  # a step yields one token or more
+        beyond_three += sum(st.proposed_at[3:])
+    assert beyond_three > 0 or drafts.max_draft <= 3 or not drafts.module  # long chains are exercised
 
 
 @pytest.mark.parametrize("drafts", DRAFTS, ids=lambda d: f"k{d.max_draft}-n{d.lookup_ngram}-m{int(d.module)}")
@@ -260,15 +269,44 @@ def test_multi_token_drafts_sample_as_the_reference(generator, tiny, drafts):
 
 
 def test_lookup_draft():
-    assert lookup_draft(np.array([1, 2, 3, 9, 1, 2]), 2, 3) == [3, 9, 1]
+    # the longest earlier suffix match, as many tokens as it is long (at most room)
+    assert lookup_draft(np.array([1, 2, 3, 9, 1, 2]), 2, 3) == [3, 9]
+    assert lookup_draft(np.array([7, 1, 2, 3, 9, 8, 4, 1, 2, 3]), 2, 5) == [9, 8, 4]
+    assert lookup_draft(np.array([7, 1, 2, 3, 9, 8, 4, 1, 2, 3]), 2, 2) == [9, 8]  # room
     assert lookup_draft(np.array([1, 2, 3, 1, 2, 4, 1, 2]), 2, 1) == [4]  # the latest occurrence
+    # the longest suffix wins over a later, shorter one ("1 2 3" at 1..3 over "2 3" at 5..6)
+    assert lookup_draft(np.array([7, 1, 2, 3, 9, 5, 2, 3, 4, 0, 1, 2, 3]), 2, 5) == [9, 5, 2]
     assert lookup_draft(np.array([1, 2, 3, 4]), 2, 3) == []
-    assert lookup_draft(np.array([5, 5, 5]), 1, 4) == [5]  # stops at the end of the text
+    assert lookup_draft(np.array([1, 2, 9, 2]), 2, 3) == []  # a 1-token match is shorter than ngram
+    assert lookup_draft(np.array([1, 2, 9, 2]), 1, 3) == [9]
+    assert lookup_draft(np.array([5, 5, 5]), 1, 4) == [5, 5]  # "5 5" matched: a repeat goes on
+    assert lookup_draft(np.array([3, 5, 2, 5, 2, 5, 2]), 1, 3) == [5, 2, 5]  # through its own draft
     assert lookup_draft(np.array([1, 2, 1, 2]), 0, 3) == []
 
 
+def test_lookup_draft_matches_a_plain_search():
+    """The vectorized search against the definition, on random texts of a small alphabet."""
+    def plain(tokens, ngram, room):
+        tokens = list(tokens)
+        for length in range(min(max(ngram, room), len(tokens) - 1), ngram - 1, -1):
+            suffix = tokens[len(tokens) - length:]
+            ends = [j for j in range(length - 1, len(tokens) - 1) if tokens[j - length + 1:j + 1] == suffix]
+            if ends:
+                text = list(tokens)
+                for i in range(min(length, room)):  # copy the follower on, as a repeat goes on
+                    text.append(text[ends[-1] + 1 + i])
+                return text[len(tokens):]
+        return []
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        tokens = rng.integers(0, 3, size=int(rng.integers(1, 30)))
+        ngram, room = int(rng.integers(1, 4)), int(rng.integers(1, 8))
+        assert lookup_draft(tokens, ngram, room) == plain(tokens, ngram, room), (tokens, ngram, room)
+
+
 @pytest.mark.parametrize("options, message", [
-    (dict(max_draft=0), "max_draft must be in 1..3"), (dict(max_draft=4), "max_draft must be in 1..3"),
+    (dict(max_draft=0), "max_draft must be in 1..15"), (dict(max_draft=16), "max_draft must be in 1..15"),
     (dict(lookup_ngram=-1), "lookup_ngram must be >= 0"), (dict(min_probability=1.5), "min_probability"),
     (dict(module=False, lookup_ngram=0), "needs a draft source")])
 def test_bad_draft_options(options, message):

@@ -172,7 +172,7 @@ def test_invalid_parameters_are_named(url, field, value, param):
 
 
 @pytest.mark.parametrize("extra, param", [({"strategy": "fast"}, "strategy"), ({"top_k": -1}, "top_k"),
-                                          ({"max_draft": 9}, "max_draft"), ({"frobnicate": 1}, "frobnicate"),
+                                          ({"max_draft": 16}, "max_draft"), ({"frobnicate": 1}, "frobnicate"),
                                           ({"lookup_ngram": 0}, "lookup_ngram")])
 def test_invalid_extras_are_named(url, extra, param):
     call = lambda: client(url).completions.create(model=MODEL, prompt="hi", extra_body=extra)  # noqa: E731
