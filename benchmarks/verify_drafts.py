@@ -2,7 +2,7 @@
 (runtime.request.DraftOptions) were chosen.
 
     python benchmarks/verify_drafts.py --artifacts build/smollm2-onnx --engine cpu-fp32 \
-        [--task-set real] [--per-kind 2] [--max-new-tokens 64] [--configs "lookup n2 k3,module chain k3 p0"]
+        [--task-set real] [--per-kind 2] [--max-new-tokens 64] [--configs "lookup n2 k15,module chain k3 p0"]
 
 Greedy, stop tokens off. For each prompt every configuration runs back to back (standard
 first), so drift hits all alike; speed is decoded tokens over decode seconds per kind, and
@@ -14,6 +14,7 @@ near-tie differently when a position shares a step with drafts.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -24,17 +25,25 @@ from runtime.generator import Generator  # noqa: E402
 from runtime.request import DraftOptions, Request  # noqa: E402
 from runtime.tasks import encode_task_set  # noqa: E402
 
-CONFIGS = {
-    "one module draft": DraftOptions(1, 0, True, 0.0),
-    "lookup n2 k3": DraftOptions(3, 2, False),
-    "lookup n2 k2": DraftOptions(2, 2, False),
-    "lookup n3 k3": DraftOptions(3, 3, False),
-    "lookup n2 k3 + module p0.5": DraftOptions(3, 2, True, 0.5),
-    "lookup n2 k3 + module p0.9": DraftOptions(3, 2, True, 0.9),
-    "lookup n2 k3 + module p0.3": DraftOptions(3, 2, True, 0.3),
-    "module chain k3 p0": DraftOptions(3, 0, True, 0.0),
-    "module chain k3 p0.3": DraftOptions(3, 0, True, 0.3),
-}
+DEFAULT_CONFIGS = ("lookup n2 k3", "lookup n2 k7", "lookup n2 k15", "lookup n3 k15", "lookup n2 k15 + module p0.5",
+                   "module chain k3 p0", "one module draft")
+CONFIG = re.compile(r"(?:lookup n(?P<n>\d+) k(?P<k>\d+)(?: \+ module p(?P<p>[\d.]+))?"
+                    r"|module chain k(?P<chain>\d+) p(?P<chain_p>[\d.]+)|(?P<one>one module draft))$")
+
+
+def parse_config(name: str) -> DraftOptions:
+    """A configuration by name: "lookup nN kK" (prompt lookup, suffixes of N tokens or more,
+    drafts of up to K), "... + module pP" (else a module chain gated at P), "module chain kK
+    pP", or "one module draft" (the paper's verify). Raises ValueError for another name."""
+    match = CONFIG.match(name.strip())
+    if match is None:
+        raise ValueError(name)
+    if match["one"]:
+        return DraftOptions(1, 0, True, 0.0)
+    if match["chain"]:
+        return DraftOptions(int(match["chain"]), 0, True, float(match["chain_p"]))
+    module = match["p"] is not None
+    return DraftOptions(int(match["k"]), int(match["n"]), module, float(match["p"]) if module else 0.5)
 
 
 def main() -> None:
@@ -45,18 +54,22 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help="comma-separated configuration names to run (default: all)")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help='comma-separated configurations, e.g. "lookup n2 k15,lookup n2 k3 + module p0.5,'
+                             'module chain k3 p0,one module draft"')
     args = parser.parse_args()
-    chosen = args.configs.split(",")
-    unknown = sorted(set(chosen) - set(CONFIGS))
-    if unknown:
-        parser.error(f"unknown configuration(s) {unknown}; choose from {list(CONFIGS)}")
+    configs = {}
+    for name in args.configs.split(","):
+        try:
+            configs[name.strip()] = parse_config(name)
+        except ValueError:
+            parser.error(f"unknown configuration {name!r}: write \"lookup nN kK\", \"lookup nN kK + module pP\", "
+                         f"\"module chain kK pP\" or \"one module draft\"")
     gen = Generator.from_artifacts(args.artifacts, args.engine, args.threads)
     tasks = encode_task_set(gen, args.task_set, per_kind=args.per_kind, max_new_tokens=args.max_new_tokens)
     requests = {"standard": Request("standard", max_new_tokens=args.max_new_tokens, stop_token_ids=())}
     requests.update({name: Request("verify", max_new_tokens=args.max_new_tokens, stop_token_ids=(), drafts=d)
-                     for name, d in CONFIGS.items() if name in chosen})
+                     for name, d in configs.items()})
     gen.generate(tasks.prompts[0], Request(max_new_tokens=4))  # warm-up
     decoded, seconds, steps = (defaultdict(lambda: defaultdict(float)) for _ in range(3))
     differ: dict[str, int] = defaultdict(int)
