@@ -433,7 +433,7 @@ def exact_int4(proto, mode: str = "offset", accuracy_level: int = INT4_ACCURACY_
 
 
 def quantize(proto, precision: str, exact: str = "offset", accuracy_level: int = INT4_ACCURACY_LEVEL,
-             keep_8bit: bool = False):
+             keep_8bit: bool = True):
     """Weight-quantize a fused graph's MatMuls (the embedding's Gather stays float). int4:
     weights that are already 4-bit blockwise keep their own grid (exact_int4, mode `exact`),
     the others are quantized symmetrically; accuracy_level is MatMulNBits' (4: int8
@@ -492,13 +492,16 @@ def share_initializers(proto, folder: Path) -> None:
 
 def build_fused(artifacts: Artifacts, out: Path, precision: str = "fp32",
                 packed_mlp: bool = True, exact_int4: str = "offset",
-                int4_accuracy_level: int = INT4_ACCURACY_LEVEL, keep_8bit: bool = False) -> dict[str, Path]:
+                int4_accuracy_level: int = INT4_ACCURACY_LEVEL, keep_8bit: bool = True) -> dict[str, Path]:
     """Write fused full_step.onnx and recycle_step.onnx (inplace-kv-v1) into `out`.
 
     int4: exact_int4 is the mode for weights that are 4-bit blockwise already (a GGUF's Q4_1
     tensors; INT4_EXACT_MODES), int4_accuracy_level MatMulNBits' accuracy_level, keep_8bit
     whether weights that are exactly 8-bit blockwise (a GGUF's Q8_0 embedding, hence the tied
-    LM head) stay 8-bit rather than being re-quantized to 4 bits.
+    LM head) stay 8-bit rather than being re-quantized to 4 bits: by default they do, since
+    int4 builds a GGUF's own blocks (re-quantizing SmolLM2's Q8_0 head to 4 bits took its
+    argmax agreement with llama.cpp on the same file from 0.979 to 0.893 of positions:
+    benchmarks/int4_agreement.py). int4-sym re-quantizes everything either way.
 
     Returns graph name -> path.
     Raises: EngineBuildError for an export this builder cannot read (not float32, or

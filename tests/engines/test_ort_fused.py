@@ -137,7 +137,7 @@ def _fused_nodes(folder):
             for n in onnx.load(str(folder / f"{name}.onnx"), load_external_data=False).graph.node]
 
 
-# keep_8bit: the Q8_0 head stays 8-bit, so every weight keeps its grid.
+# The Q8_0 head stays 8-bit (keep_8bit, the default), so every weight keeps its grid.
 # Float activations (accuracy level 1): the exact weights leave only float rounding. Level 4
 # quantizes activations to int8 per block, so there the bound is loose (the module's logits
 # moved by 0.65 of 7.6 at most, the base's by 0.28); re-quantizing the Q4_1 weights
@@ -146,7 +146,7 @@ def _fused_nodes(folder):
                                                      ("offset", 4, 0.15)])
 def test_q4_weights_take_the_exact_int4_path(q4_artifacts, mode, level, tolerance, tmp_path):
     art = Artifacts.load(q4_artifacts)
-    build_fused(art, tmp_path / "fused", "int4", exact_int4=mode, int4_accuracy_level=level, keep_8bit=True)
+    build_fused(art, tmp_path / "fused", "int4", exact_int4=mode, int4_accuracy_level=level)
     nodes = _fused_nodes(tmp_path / "fused")
     assert not [n.name for n in nodes if n.op_type == "MatMulNBits" and n.name[-3:] not in ("/q4", "/q8")]
     assert sum(n.name.endswith("/q8") for n in nodes) == 2  # the LM head in each graph
@@ -161,11 +161,14 @@ def test_q4_weights_take_the_exact_int4_path(q4_artifacts, mode, level, toleranc
         assert diff < 0.5 * max(v for k, v in off.items() if not k.endswith("argmax_agree")), (diff, off)
 
 
-def test_q8_head_is_requantized_by_default(q4_artifacts, tmp_path):
+def test_q8_head_stays_8bit_by_default_and_int4_sym_requantizes_it(q4_artifacts, tmp_path):
     build_fused(Artifacts.load(q4_artifacts), tmp_path / "fused", "int4")
     nodes = _fused_nodes(tmp_path / "fused")
-    assert not [n.name for n in nodes if n.name.endswith("/q8")]
-    assert len([n for n in nodes if n.op_type == "MatMulNBits" and not n.name.endswith("/q4")]) == 2
+    assert sum(n.name.endswith("/q8") for n in nodes) == 2  # the LM head in each graph
+    build_fused(Artifacts.load(q4_artifacts), tmp_path / "sym", "int4-sym")
+    nodes = _fused_nodes(tmp_path / "sym")
+    assert not [n.name for n in nodes if "/q8" in n.name or "/q4" in n.name]
+    assert sum(n.op_type == "MatMulNBits" for n in nodes) > 0
 
 
 def test_random_weights_fall_back_to_the_quantizer(tiny_artifacts, tmp_path):
