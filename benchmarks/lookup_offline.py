@@ -19,7 +19,8 @@ benchmarks/verify_drafts.py measure the real thing.
 
 Rules: "fixed": the latest earlier occurrence of the last 2 tokens proposes the next k
 tokens (verify's rule until this round); "match": runtime.drafts.lookup_draft (the longest
-earlier suffix proposes as many tokens as it is long, up to k).
+earlier suffix proposes as many tokens as it is long, up to k); with --store, "match+store":
+match, else a store of the train split's answers (AnswerStore; not in the runtime).
 """
 
 from __future__ import annotations
@@ -98,6 +99,31 @@ def walk(tokens: np.ndarray, prompt_len: int, draft, cost) -> tuple[int, float, 
     return steps, ms, standard_ms
 
 
+class AnswerStore:
+    """The next lever, measured here only: a datastore of the model's own greedy answers to
+    other prompts (REST / suffix decoding). Where prompt lookup finds nothing, the longest
+    suffix of the text (STORE_NGRAMS tokens, longest first) that ends somewhere in the store
+    proposes what followed it there, as many tokens as the suffix is long."""
+
+    STORE_NGRAMS = (8, 6, 4, 3, 2)
+
+    def __init__(self, answers):
+        self.index: dict[tuple, tuple[list[int], int]] = {}
+        for _, tokens, prompt_len in answers:
+            answer = tokens[prompt_len:].tolist()
+            for n in self.STORE_NGRAMS:
+                for end in range(n, len(answer)):
+                    self.index[(n, *answer[end - n:end])] = (answer, end)
+
+    def draft(self, tokens: np.ndarray, room: int) -> list[int]:
+        for n in self.STORE_NGRAMS:
+            hit = self.index.get((n, *tokens[-n:].tolist())) if len(tokens) >= n else None
+            if hit:
+                answer, end = hit
+                return answer[end:end + min(n, room)]
+        return []
+
+
 def match_table(answers, longest: int = 12) -> None:
     """At every answer position: how long the longest earlier suffix match is (1 .. longest
     or more) and how often its first follower is the greedy text's next token."""
@@ -148,6 +174,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="real-", help="only sequences whose kind starts with this")
     parser.add_argument("--costs", type=Path, help="a step-cost table written by --measure-costs")
     parser.add_argument("--max-drafts", default="3,7,15")
+    parser.add_argument("--store", action="store_true",
+                        help="also: lookup, else a store of the train split's answers (measured only)")
     parser.add_argument("--by-match", action="store_true",
                         help="also: how often the first follower is right, by the length of the match")
     parser.add_argument("--measure-costs", type=Path, metavar="OUT", help="measure a step-cost table and stop")
@@ -171,10 +199,17 @@ def main() -> None:
     for k in (int(k) for k in args.max_drafts.split(",")):
         rules[f"fixed n2 k{k}"] = lambda t, left, k=k: fixed_draft(t, min(k, left))
         rules[f"match n2 k{k}"] = lambda t, left, k=k: lookup_draft(t, 2, min(k, left))
+    if args.store:
+        if args.split == "train":
+            parser.error("--store draws on the train split: measure on --split heldout")
+        store = AnswerStore(load_answers(args.data, "train"))
+        for k in (int(k) for k in args.max_drafts.split(",")):
+            rules[f"match+store k{k}"] = lambda t, left, k=k: (lookup_draft(t, 2, min(k, left))
+                                                               or store.draft(t, min(k, left)))
     kinds = sorted({kind for kind, _, _ in answers}) + ["overall"]
     print(f"{len(answers)} {args.split} answers; per kind: tokens per base step"
           + (", estimated speedup over standard" if cost else ""))
-    print("rule".ljust(16) + "".join(k.removeprefix("real-")[:13].rjust(15) for k in kinds))
+    print("rule".ljust(18) + "".join(k.removeprefix("real-")[:13].rjust(15) for k in kinds))
     for name, rule in rules.items():
         totals = defaultdict(lambda: [0, 0, 0.0, 0.0])  # tokens, steps, verify ms, standard ms
         for kind, tokens, prompt_len in answers:
@@ -186,7 +221,7 @@ def main() -> None:
                 t[2] += ms
                 t[3] += standard_ms
         cells = [f"{t[0] / t[1]:.2f}" + (f" {t[3] / t[2]:.2f}x" if cost else "") for t in map(totals.get, kinds)]
-        print(name.ljust(16) + "".join(c.rjust(15) for c in cells))
+        print(name.ljust(18) + "".join(c.rjust(15) for c in cells))
 
 
 if __name__ == "__main__":
