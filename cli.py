@@ -258,7 +258,8 @@ def schedule_options(command):
             click.option("--max-draft", type=int, default=defaults.max_draft, show_default=True,
                          help=f"verify: drafted tokens per base step (1..{MAX_DRAFT})."),
             click.option("--lookup-ngram", type=int, default=defaults.lookup_ngram, show_default=True,
-                         help="verify: draft by prompt lookup on the last N tokens (0: off)."),
+                         help="verify: draft by prompt lookup when a suffix of N tokens or more occurred "
+                              "before; the draft is as long as the longest such suffix (0: off)."),
             click.option("--module-drafts/--no-module-drafts", default=defaults.module, show_default=True,
                          help="verify: draft with the recyclable module when lookup finds nothing."),
             click.option("--min-draft-probability", type=float, default=defaults.min_probability,

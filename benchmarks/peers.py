@@ -1,4 +1,4 @@
-"""Decode speed of our engines and strategies against the peers, onnxruntime-genai and
+r"""Decode speed of our engines and strategies against the peers, onnxruntime-genai and
 llama.cpp, on the same prompt tokens, in one sitting.
 
     bash benchmarks/peer_setup.sh                     # once: the peers' venv and the builds

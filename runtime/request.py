@@ -23,8 +23,9 @@ MAX_DRAFT = DECODE_MAX_NEW - 1
 @dataclass(frozen=True)
 class DraftOptions:
     """How verify drafts (docs/design.md section 2). Each base step checks up to max_draft
-    drafted tokens: a prompt-lookup draft when the last lookup_ngram tokens occurred before
-    (the tokens that followed them; 0 switches lookup off), otherwise a chain from the module
+    drafted tokens: a prompt-lookup draft when a suffix of at least lookup_ngram tokens
+    occurred before (what followed its longest such suffix, as many tokens as that suffix is
+    long; 0 switches lookup off), otherwise a chain from the module
     that drafts while the module's top probability for the position reaches min_probability
     (none at all when it is not that sure of the first)."""
 
