@@ -114,11 +114,9 @@ def text_table(result: dict) -> str:
             return f"{value:.3f}"
         return f"{value:.1f}" if isinstance(value, float) else str(value)
 
-    lines = [["prompt", "prompt tokens", "tokens"] + head[3:]] + [[cell(k, r[k]) for k in head] for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    from runtime.bench import text_table as aligned
+
+    return aligned([["prompt", "prompt tokens", "tokens"] + head[3:]] + [[cell(k, r[k]) for k in head] for r in rows])
 
 
 def main() -> None:

@@ -260,10 +260,9 @@ def table(rows: list[Row], contexts: list[int], results: dict) -> str:
             cells.append(f"{r['decode_tok_s']:.1f} ({r['min']:.1f}-{r['max']:.1f})" + (f", {ratios}" if names else ""))
             rss = max(rss, r["peak_rss_mib"])
         lines.append(cells + [f"{rss:.0f}"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    from runtime.bench import text_table  # here: the peers' children import this file without the project
+
+    return text_table(lines)
 
 
 def main() -> None:
