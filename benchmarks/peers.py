@@ -249,7 +249,8 @@ def agreement(rows: list[Row], peer: str, ours: str, eos: tuple[int, ...]) -> di
 def table(rows: list[Row], contexts: list[int], results: dict) -> str:
     names = [n for n in RATIO_BASES if any(r.decoder == n for r in rows)]
     base = {(c, n): next(r["decode_tok_s"] for r in results[c] if r["decoder"] == n) for c in contexts for n in names}
-    head = ["decoder"] + [f"ctx {c}: tok/s (min-max), vs {' / '.join(names)}" for c in contexts] + ["peak RSS MiB"]
+    versus = f", vs {' / '.join(names)}" if names else ""
+    head = ["decoder"] + [f"ctx {c}: tok/s (min-max){versus}" for c in contexts] + ["peak RSS MiB"]
     lines = [head]
     for row in rows:
         cells = [row.label]
