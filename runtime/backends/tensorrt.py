@@ -150,11 +150,18 @@ class DeviceKVPool:
 
 
 def check_plan_compatibility(engine: EngineInfo, trt_version: str, device: dict[str, Any], rebuild: str) -> None:
-    """Refuse plans built by another TensorRT version or for another GPU.
+    """Refuse plans built by another TensorRT version, for another GPU, or with a decode
+    profile narrower than the contract's DECODE_MAX_NEW (before verify drafted up to 15
+    tokens, the decode profile ended at 4 new tokens).
 
     Raises:
         ArtifactError: naming what the plan was built with and what is here.
     """
+    for graph, profiles in (engine.record.profiles or {}).items():
+        decode = next((p for p in profiles if p["name"] == "decode"), None)
+        if decode is not None and decode["ranges"][C.NEW][2] < C.DECODE_MAX_NEW:
+            raise ArtifactError(f"{engine.folder}: {graph}'s decode profile takes up to {decode['ranges'][C.NEW][2]} "
+                                f"new tokens, and this runtime's verify steps take up to {C.DECODE_MAX_NEW}; {rebuild}")
     if engine.record.backend_version != trt_version:
         raise ArtifactError(f"{engine.folder} was built with TensorRT {engine.record.backend_version}, this is "
                             f"TensorRT {trt_version}: plans do not move between versions; {rebuild}")

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from engines.build import build
-from engines.profiles import derive_profiles
+from engines.profiles import derive_profiles, profiles_json
 from engines.targets import TARGETS, get_target
 from engines.tensorrt import check_part
 from runtime import contract as C
@@ -69,6 +69,20 @@ def test_plan_compatibility_checks(artifacts):
         check_plan_compatibility(engine, "10.3.0", {"name": "NVIDIA H100", "compute_capability": [9, 0]}, "rebuild")
     with pytest.raises(EngineBuildError, match="target 'orin' is for sm87, but this GPU is NVIDIA H100"):
         check_part(TARGETS["orin"], {"name": "NVIDIA H100", "compute_capability": [9, 0]}, "fp16")
+    dims = C.Dims(n_layers=2, recycle_layers=1, n_kv_heads=2, head_dim=16, dim=64, vocab_size=96)
+    current = {"full_step": profiles_json(C.full_step(dims), 64, 1)}
+    narrow = json.loads(json.dumps(current))  # a plan built when the decode profile ended at 4 new tokens
+    narrow["full_step"][0]["ranges"][C.NEW][2] = 4
+    t4 = {"name": "Tesla T4", "compute_capability": [7, 5]}
+    for profiles in (current, narrow):
+        engine = EngineInfo(artifacts / "engines" / "t4-fp16", EngineRecord(
+            "t4", "fp16", "tensorrt", "10.3.0", t4, {"full_step": "full_step.plan"}, profiles, {}, {}))
+        if profiles is current:
+            check_plan_compatibility(engine, "10.3.0", t4, "rebuild")
+        else:
+            with pytest.raises(ArtifactError, match="full_step's decode profile takes up to 4 new tokens, and this "
+                                                    "runtime's verify steps take up to 16; rebuild"):
+                check_plan_compatibility(engine, "10.3.0", t4, "rebuild")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "int4", "int4-sym"])

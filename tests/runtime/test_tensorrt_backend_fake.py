@@ -99,7 +99,7 @@ def test_a_runtime_tensorrt_cannot_create_is_one_device_error(monkeypatch, rt):
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.3.0", fail="runtime"))
     h100 = {"name": "NVIDIA H100", "compute_capability": [9, 0]}
     monkeypatch.setattr(backend, "device_properties", lambda index: h100)
-    record = types.SimpleNamespace(backend_version="10.3.0", device=h100)
+    record = types.SimpleNamespace(backend_version="10.3.0", device=h100, profiles=None)
     engine = types.SimpleNamespace(folder=Path("x/engines/hopper-fp16"), target="hopper-fp16", record=record)
     with pytest.raises(DeviceError, match=r"TensorRT could not create a runtime \(.*nullptr\): "
                                           "CUDA initialization failure with error: 35$"):
