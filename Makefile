@@ -36,7 +36,8 @@ $(ART)/engines/$(ENGINE)/engine.json: $(ART)/manifest.json
 	$(PY) cli.py build --artifacts $(ART) --target cpu
 
 # import (with the committed trained module) -> export (validated against PyTorch) ->
-# build the CPU engine -> answer with each strategy -> a short side-by-side benchmark.
+# build the CPU engine -> answer with each strategy -> a short side-by-side benchmark on one
+# real-task prompt of each kind (benchmarks/tasks).
 # alternate runs at the confidence gate the README recommends (GATE): the module's token is
 # emitted unverified only where it gives it probability GATE or more (eval --gates measures
 # the curve; at 0.8 the real-task NLL cost stayed under 10%).
@@ -46,8 +47,8 @@ demo: $(ART)/engines/$(ENGINE)/engine.json
 	  $(PY) cli.py generate --artifacts $(ART) --engine $(ENGINE) --chat --strategy $$strategy \
 	    --min-confidence $(GATE) --prompt "$(PROMPT)" || exit 1; \
 	done
-	$(PY) cli.py bench --artifacts $(ART) --engine $(ENGINE) --max-new-tokens 64 --repeats 3 \
-	  --min-confidence $(GATE) --json $(BUILD)/bench.json --chart $(BUILD)/bench.png
+	$(PY) cli.py bench --artifacts $(ART) --engine $(ENGINE) --task-set real --per-kind 1 \
+	  --max-new-tokens 64 --repeats 2 --min-confidence $(GATE) --json $(BUILD)/bench.json --chart $(BUILD)/bench.png
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
