@@ -42,7 +42,7 @@ import numpy as np
 from runtime import contract as C
 from runtime.errors import GenerationError
 from runtime.generator import Result
-from runtime.kv import BASE, KVPool
+from runtime.kv import BASE, KVPool, prompt_feeds
 from runtime.request import Request, Stats
 from runtime.sampling import draw, probabilities
 
@@ -192,13 +192,9 @@ class _SlotCaches:
         """The prompt on a free slot (a one-row view); the logits (V,) after it."""
         row.slot = heapq.heappop(self.free)
         view = self.pool.rows(row.slot, row.slot + 1)
-        n = len(row.prompt)
         try:
-            out = self.backend.run(C.FULL_STEP, {
-                C.INPUT_IDS: np.array([row.prompt], dtype=np.int64),
-                C.POSITION_IDS: np.arange(n, dtype=np.int64)[None],
-                C.ATTENTION_MASK: np.ones((1, n), dtype=np.int64),
-                C.NUM_LOGITS_INPUT: np.array([1], dtype=np.int64), **view.feeds(BASE)}, view.output_buffers(BASE))
+            out = self.backend.run(C.FULL_STEP, {**prompt_feeds(row.prompt, 1), **view.feeds(BASE)},
+                                   view.output_buffers(BASE))
             return out[C.LOGITS][0, -1].copy()
         finally:
             view.close()  # a fresh view per prefill: its output buffers are sized by the prompt
@@ -241,11 +237,7 @@ class _PaddedCaches:
     def prefill(self, row: Row) -> np.ndarray:
         """The prompt alone; its cache waits in `fresh` for the next step. Logits (V,)."""
         pool = KVPool(self.dims, 1, self.capacity)
-        n = len(row.prompt)
-        out = self.backend.run(C.FULL_STEP, {
-            C.INPUT_IDS: np.array([row.prompt], dtype=np.int64), C.POSITION_IDS: np.arange(n, dtype=np.int64)[None],
-            C.ATTENTION_MASK: np.ones((1, n), dtype=np.int64), C.NUM_LOGITS_INPUT: np.array([1], dtype=np.int64),
-            **pool.feeds(BASE)})
+        out = self.backend.run(C.FULL_STEP, {**prompt_feeds(row.prompt, 1), **pool.feeds(BASE)})
         self.fresh[row] = {past(i): out[present(i)] for i in self.layers
                            for past, present in ((C.past_key, C.present_key), (C.past_value, C.present_value))}
         return out[C.LOGITS][0, -1]

@@ -18,7 +18,7 @@ from runtime import contract as C
 from runtime.bench import OVERALL, text_table
 from runtime.generator import Generator
 from runtime.request import STRATEGIES, DraftOptions, Request
-from runtime.kv import BASE, MODULE
+from runtime.kv import BASE, MODULE, prompt_feeds
 
 
 @dataclass
@@ -38,19 +38,12 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def _whole_sequence(tokens: list[int], num_logits: int) -> dict[str, np.ndarray]:
-    """The feeds of a call over all of `tokens` from an empty cache (one row)."""
-    n = len(tokens)
-    return {C.INPUT_IDS: np.array([tokens], dtype=np.int64), C.POSITION_IDS: np.arange(n)[None],
-            C.ATTENTION_MASK: np.ones((1, n), np.int64), C.NUM_LOGITS_INPUT: np.array([num_logits], dtype=np.int64)}
-
-
 def base_states(backend, dims: C.Dims, tokens: list[int], num_logits: int | None = None,
                 pool=None) -> tuple[np.ndarray, np.ndarray]:
     """One base call over all of `tokens` from an empty cache: the logits of the last
     `num_logits` positions (default: all), (N, V), and h at every position, (T, dim)."""
     pool = pool or backend.new_kv_pool(dims, 1, len(tokens))
-    out = backend.run(C.FULL_STEP, {**_whole_sequence(tokens, num_logits or len(tokens)), **pool.feeds(BASE)},
+    out = backend.run(C.FULL_STEP, {**prompt_feeds(tokens, num_logits or len(tokens)), **pool.feeds(BASE)},
                       pool.output_buffers(BASE))
     return out[C.LOGITS][0], out[C.HIDDEN_STATES][0]
 
@@ -64,7 +57,7 @@ def teacher_forced(backend, dims: C.Dims, tokens: list[int],
     if not with_module:
         return base_logits, None
     prev = np.concatenate([np.zeros_like(hidden[:1]), hidden[:-1]])[None]  # (1, T, dim): h_{j-1}
-    module = backend.run(C.RECYCLE_STEP, {**_whole_sequence(tokens, len(tokens)), C.HIDDEN_STATES: prev,
+    module = backend.run(C.RECYCLE_STEP, {**prompt_feeds(tokens, len(tokens)), C.HIDDEN_STATES: prev,
                                           **pool.feeds(MODULE)}, pool.output_buffers(MODULE))
     return base_logits, module[C.LOGITS][0]
 

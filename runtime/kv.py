@@ -19,6 +19,16 @@ from runtime import contract as C
 BASE, MODULE = "base", "module"
 
 
+def prompt_feeds(tokens: list[int], num_logits: int) -> dict[str, np.ndarray]:
+    """The contract's common inputs of one row's call over all of `tokens` from an empty
+    cache (a prefill): positions 0 .. T-1, every position attended, the last `num_logits`
+    positions' logits. The caller adds the pool's past_key_values.* feeds."""
+    n = len(tokens)
+    return {C.INPUT_IDS: np.array([tokens], dtype=np.int64), C.POSITION_IDS: np.arange(n, dtype=np.int64)[None],
+            C.ATTENTION_MASK: np.ones((1, n), dtype=np.int64),
+            C.NUM_LOGITS_INPUT: np.array([num_logits], dtype=np.int64)}
+
+
 class KVPool:
     def __init__(self, dims: C.Dims, batch: int, capacity: int):
         self.capacity = capacity
