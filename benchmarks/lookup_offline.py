@@ -54,15 +54,14 @@ def fixed_draft(tokens: np.ndarray, room: int, ngram: int = 2) -> list[int]:
 
 
 def load_answers(folder: Path, split: str) -> list[tuple[str, np.ndarray, int]]:
-    """(kind, prompt + answer token ids, prompt length) of every sequence of the split."""
-    from safetensors.numpy import load_file
+    """(kind, prompt + answer token ids, prompt length) of every sequence of the split: the
+    shards train-recycler writes, named split-kind-index-digest (recycle_export.train)."""
+    from recycle_export.distill_data import load_sequences
 
     out = []
     for path in sorted(folder.glob(f"{split}-*.safetensors")):
         kind = path.name[len(split) + 1:].rsplit("-", 2)[0]
-        shard = load_file(path)
-        for i in range(len({k.split(".")[0] for k in shard})):
-            out.append((kind, shard[f"{i}.tokens"].astype(np.int64), int(shard[f"{i}.prompt_len"][0])))
+        out += [(kind, s.tokens.numpy(), s.prompt_len) for s in load_sequences(path)]
     if not out:
         raise SystemExit(f"no {split}-*.safetensors in {folder}: give a train-recycler data folder")
     return out

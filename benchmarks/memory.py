@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -55,7 +57,7 @@ def main() -> None:
     folder = Path(args.artifacts) / "engines" / args.engine
     weights = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".onnx", ".bin", ".data")) / 2**20
     dims = gen.dims
-    per_position = 2 * dims.n_kv_heads * dims.head_dim * 4  # K and V, float32
+    per_position = 2 * dims.n_kv_heads * dims.head_dim * np.dtype(dims.dtype).itemsize  # K and V
     kv = gen.capacity * per_position * (dims.n_layers + dims.recycle_layers) / 2**20
     need = weights + kv
     print(f"{args.engine}: {len(tasks.prompts[0])} prompt tokens + {len(result.tokens)} generated ({args.strategy}); "
