@@ -29,7 +29,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -144,23 +143,15 @@ def measure_costs(artifacts: str, engine: str | None, out: Path) -> None:
     from runtime.kv import BASE
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from step_latency import step
+    from step_latency import step, timed_steps
 
     gen = Generator.from_artifacts(artifacts, engine, check_hashes=False)
     table = {}
     for past in PASTS:
         pool = gen.backend.new_kv_pool(gen.dims, 1, past + max(NEWS))
         step(gen, pool, BASE, past)
-        times = defaultdict(list)
-        for round_ in range(13):  # interleaved, the first 3 rounds a warm-up
-            for new in NEWS:
-                start = time.perf_counter()
-                step(gen, pool, BASE, new)
-                elapsed = time.perf_counter() - start
-                pool.rollback(BASE, new)
-                if round_ >= 3:
-                    times[new].append(elapsed * 1e3)
-        table[past] = {new: statistics.median(times[new]) for new in NEWS}
+        times = timed_steps(gen, pool, {new: (BASE, new) for new in NEWS}, repeats=10)
+        table[past] = {new: statistics.median(times[new]) * 1e3 for new in NEWS}
         print(f"past {past}: " + "  ".join(f"{n} new {ms:.2f} ms" for n, ms in table[past].items()))
     out.write_text(json.dumps({"engine": engine, "ms": table}, indent=1))
     print(f"wrote {out}")

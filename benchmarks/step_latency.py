@@ -46,6 +46,22 @@ def step(gen: Generator, pool, cache: str, new: int) -> None:
     pool.commit(cache, out, new)
 
 
+def timed_steps(gen: Generator, pool, steps: dict, repeats: int, warmup: int = 3) -> dict:
+    """Seconds of each step in `steps` (name -> (cache, new tokens)), interleaved round by
+    round and rolled back after each, so every step sees the same past; the first `warmup`
+    rounds are not kept."""
+    times: dict = {name: [] for name in steps}
+    for round_ in range(repeats + warmup):
+        for name, (cache, new) in steps.items():
+            start = time.perf_counter()
+            step(gen, pool, cache, new)
+            elapsed = time.perf_counter() - start
+            pool.rollback(cache, new)
+            if round_ >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifacts", required=True)
@@ -58,15 +74,7 @@ def main() -> None:
     pool = gen.backend.new_kv_pool(gen.dims, 1, args.past + 8)
     for cache in (BASE, MODULE):
         step(gen, pool, cache, args.past)  # the prefill: a real cache of --past positions
-    times: dict[str, list[float]] = {name: [] for name in STEPS}
-    for round_ in range(args.repeats + 3):
-        for name, (cache, new) in STEPS.items():
-            start = time.perf_counter()
-            step(gen, pool, cache, new)
-            elapsed = time.perf_counter() - start
-            pool.rollback(cache, new)
-            if round_ >= 3:
-                times[name].append(elapsed)
+    times = timed_steps(gen, pool, STEPS, args.repeats)
     for name, values in times.items():
         print(f"{name:<22} median {statistics.median(values) * 1e3:7.2f} ms   min {min(values) * 1e3:7.2f} ms")
     t = {name: statistics.median(values) for name, values in times.items()}
