@@ -3,6 +3,8 @@ section 2), without running a model per rule.
 
     python benchmarks/lookup_offline.py --data build/smollm2-real.work [--split heldout] \
         [--costs build/costs-cpu-fp32.json] [--max-drafts 3,7,15]
+    python benchmarks/lookup_offline.py --task-set real --artifacts build/smollm2-onnx \
+        --engine cpu-fp32 [--max-new-tokens 64] [--data build/smollm2-real.work --store] ...
     python benchmarks/lookup_offline.py --measure-costs build/costs-cpu-fp32.json \
         --artifacts build/smollm2-onnx --engine cpu-fp32
 
@@ -10,7 +12,8 @@ Under greedy decoding, verify's output is standard's, so a lookup draft's fate i
 the greedy text alone: it is accepted up to its first token that differs from what the
 greedy text says next. The greedy texts are the answers `train-recycler` wrote into its data
 folder (prompt and answer token ids per sequence, from an engine under greedy), split by
-source document into train and heldout. For each rule this walks every answer step by step
+source document into train and heldout; with --task-set, an engine's greedy answers to a
+task set's prompts instead (the benchmark's own material, at its answer length). For each rule this walks every answer step by step
 as verify would and counts base steps and tokens per step; with --costs (base-step latency
 by new tokens and past length, measured on an engine by --measure-costs) it also estimates
 the speedup over standard as sum of standard's step costs over sum of verify's. The
@@ -63,6 +66,26 @@ def load_answers(folder: Path, split: str) -> list[tuple[str, np.ndarray, int]]:
         out += [(kind, s.tokens.numpy(), s.prompt_len) for s in load_sequences(path)]
     if not out:
         raise SystemExit(f"no {split}-*.safetensors in {folder}: give a train-recycler data folder")
+    return out
+
+
+def task_set_answers(artifacts: str, engine: str | None, task_set: str,
+                     max_new_tokens: int) -> list[tuple[str, np.ndarray, int]]:
+    """(kind, prompt + answer token ids, prompt length) of an engine's greedy answers (stop
+    tokens off, as the benchmarks run) to every prompt of a task set."""
+    from runtime.generator import Generator
+    from runtime.request import Request
+    from runtime.tasks import encode_task_set
+
+    gen = Generator.from_artifacts(artifacts, engine)
+    tasks = encode_task_set(gen, task_set, max_new_tokens=max_new_tokens)
+    request = Request("standard", max_new_tokens=max_new_tokens, stop_token_ids=())
+    out = []
+    for i, (prompt, kind) in enumerate(zip(tasks.prompts, tasks.kinds)):
+        answer = gen.generate(prompt, request).tokens
+        out.append((kind, np.asarray(list(prompt) + list(answer)), len(prompt)))
+        print(f"\ranswered {i + 1}/{len(tasks.prompts)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
     return out
 
 
@@ -160,6 +183,9 @@ def measure_costs(artifacts: str, engine: str | None, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="a train-recycler data folder (greedy answers)")
+    parser.add_argument("--task-set", help="instead of --data's held-out answers: an engine's greedy answers "
+                        "to a task set (needs --artifacts; --engine, --max-new-tokens)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--split", default="heldout", choices=("heldout", "train"))
     parser.add_argument("--kinds", default="real-", help="only sequences whose kind starts with this")
     parser.add_argument("--costs", type=Path, help="a step-cost table written by --measure-costs")
@@ -176,9 +202,14 @@ def main() -> None:
         if not args.artifacts:
             parser.error("--measure-costs needs --artifacts (and --engine)")
         return measure_costs(args.artifacts, args.engine, args.measure_costs)
-    if not args.data:
-        parser.error("give --data (or --measure-costs)")
-    answers = [a for a in load_answers(args.data, args.split) if a[0].startswith(args.kinds)]
+    if not args.data and not args.task_set:
+        parser.error("give --data or --task-set (or --measure-costs)")
+    if args.task_set:
+        if not args.artifacts:
+            parser.error("--task-set needs --artifacts (and --engine)")
+        answers = task_set_answers(args.artifacts, args.engine, args.task_set, args.max_new_tokens)
+    else:
+        answers = [a for a in load_answers(args.data, args.split) if a[0].startswith(args.kinds)]
     if args.by_match:
         match_table(answers)
     cost = None
@@ -190,8 +221,8 @@ def main() -> None:
         rules[f"fixed n2 k{k}"] = lambda t, left, k=k: fixed_draft(t, min(k, left))
         rules[f"match n2 k{k}"] = lambda t, left, k=k: lookup_draft(t, 2, min(k, left))
     if args.store:
-        if args.split == "train":
-            parser.error("--store draws on the train split: measure on --split heldout")
+        if args.split == "train" or not args.data:
+            parser.error("--store draws on --data's train split: measure on --split heldout or --task-set")
         store = AnswerStore(load_answers(args.data, "train"))
         for k in (int(k) for k in args.max_drafts.split(",")):
             rules[f"match+store k{k}"] = lambda t, left, k=k: (lookup_draft(t, 2, min(k, left))
