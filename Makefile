@@ -23,11 +23,12 @@ $(VENV)/.installed: pyproject.toml Makefile tests/tensorrt_stubs.py
 	touch $@
 
 RECYCLER := models/smollm2-135m-instruct.recycler.safetensors
+ANSWERS := models/smollm2-135m-instruct.answers.npy
 ART := $(BUILD)/smollm2-onnx
 ENGINE := cpu-fp32
 
-$(BUILD)/smollm2/config.json: $(VENV)/.installed $(RECYCLER)
-	$(PY) cli.py import-gguf --gguf "$(SMOLLM_GGUF)" --recycler $(RECYCLER) --out $(BUILD)/smollm2
+$(BUILD)/smollm2/config.json: $(VENV)/.installed $(RECYCLER) $(ANSWERS)
+	$(PY) cli.py import-gguf --gguf "$(SMOLLM_GGUF)" --recycler $(RECYCLER) --answers $(ANSWERS) --out $(BUILD)/smollm2
 
 $(ART)/manifest.json: $(BUILD)/smollm2/config.json
 	$(PY) cli.py export --model $(BUILD)/smollm2 --out $(ART)

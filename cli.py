@@ -40,7 +40,10 @@ def main(verbose: bool) -> None:
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint directory to write.")
 @click.option("--recycler", "recycler_path", type=click.Path(dir_okay=False),
               help="A trained recyclable module (safetensors) to attach instead of a fresh one.")
-def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None) -> None:
+@click.option("--answers", "answers_path", type=click.Path(dir_okay=False),
+              help="verify's answer store (.npy) to attach: the model's own answers that its module "
+                   "was trained on (train-recycler --answers-out).")
+def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None, answers_path: str | None) -> None:
     """Convert a GGUF file into a checkpoint (weights dequantized to float32)."""
     from tqdm import tqdm
 
@@ -53,7 +56,7 @@ def import_gguf_cmd(gguf_path: str, out: str, recycler_path: str | None) -> None
             bar.total = total
             bar.update(done - bar.n)
 
-        ckpt = import_gguf(gguf_path, progress, recycler_path)
+        ckpt = import_gguf(gguf_path, progress, recycler_path, answers_path)
     save_checkpoint(ckpt, out)
     cfg = ckpt.config
     click.echo(f"wrote {out}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, "
@@ -164,6 +167,8 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Checkpoint (with tokenizer and chat template).")
 @click.option("--out", required=True, type=click.Path(), help="Checkpoint to write, trained module attached.")
 @click.option("--module-out", type=click.Path(dir_okay=False), help="Also write the module alone, float16 safetensors.")
+@click.option("--answers-out", type=click.Path(dir_okay=False),
+              help="Also write verify's answer store alone (.npy): the training answers, for import-gguf --answers.")
 @click.option("--data", "data_sets", multiple=True, metavar="NAME[=N]",
               help="A data set to train on, with its number of training prompts (default: --train-prompts); "
                    "repeat for several. NAME: instructions, requests (runtime/prompts.py) or real (real documents "
@@ -204,7 +209,7 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--answers-engine", help="With --answers-artifacts: an engine built under it, e.g. cpu-fp32 "
                                        "(default: the exported graphs).")
 @click.option("--threads", type=int, default=None)
-def train_recycler_cmd(model_path, out, module_out, data_sets, train_prompts, heldout_prompts, max_new_tokens, epochs,
+def train_recycler_cmd(model_path, out, module_out, answers_out, data_sets, train_prompts, heldout_prompts, max_new_tokens, epochs,
                        batch_size, lr, distill_weight, feature_weight, logit_fraction, joint, seed, generation_dtype,
                        float32_steps, init, draft_vocab, unroll, batch_positions, answers_artifacts, answers_engine,
                        threads) -> None:
@@ -213,6 +218,7 @@ def train_recycler_cmd(model_path, out, module_out, data_sets, train_prompts, he
 
     from recycle_export.checkpoint import load_checkpoint, save_recycler
     from recycle_export.train import TrainOptions, train_recycler
+    from runtime.drafts import write_answer_store
 
     options = TrainOptions(train_prompts, heldout_prompts, max_new_tokens, epochs, batch_size, lr,
                            distill_weight, feature_weight, logit_fraction, joint, seed, threads=threads,
@@ -242,9 +248,14 @@ def train_recycler_cmd(model_path, out, module_out, data_sets, train_prompts, he
                                                for name, figures in after["sets"].items()))
     click.echo("  per draft position of a chain: " + ", ".join(f"{a:.3f}" for a in after["position_agreement"])
                + f"; a chain of {len(after['position_agreement'])} accepts {after['chain_accepted']:.2f} drafts")
-    if module_out:
-        save_recycler(load_checkpoint(out).model, module_out)
-        click.echo(f"wrote {module_out}")
+    if module_out or answers_out:
+        trained = load_checkpoint(out)
+        if module_out:
+            save_recycler(trained.model, module_out)
+            click.echo(f"wrote {module_out}")
+        if answers_out:
+            write_answer_store(Path(answers_out), trained.answers)
+            click.echo(f"wrote {answers_out}: an answer store of {report['answer_store']['answers']} answers")
 
 
 def schedule_options(command):
@@ -260,17 +271,20 @@ def schedule_options(command):
             click.option("--lookup-ngram", type=int, default=defaults.lookup_ngram, show_default=True,
                          help="verify: draft by prompt lookup when a suffix of N tokens or more occurred "
                               "before; the draft is as long as the longest such suffix (0: off)."),
+            click.option("--answer-store/--no-answer-store", default=defaults.answer_store, show_default=True,
+                         help="verify: where lookup finds nothing, draft from the model's store of its own "
+                              "answers (exports that have one)."),
             click.option("--module-drafts/--no-module-drafts", default=defaults.module, show_default=True,
-                         help="verify: draft with the recyclable module when lookup finds nothing."),
+                         help="verify: draft with the recyclable module when lookup and the store find nothing."),
             click.option("--min-draft-probability", type=float, default=defaults.min_probability,
                          show_default=True, help="verify: end a module chain below this top probability."))):
         command = option(command)
     return command
 
 
-def _schedule(max_draft, lookup_ngram, module_drafts, min_draft_probability, min_confidence) -> dict:
+def _schedule(max_draft, lookup_ngram, answer_store, module_drafts, min_draft_probability, min_confidence) -> dict:
     """Request fields from schedule_options."""
-    return {"drafts": DraftOptions(max_draft, lookup_ngram, module_drafts, min_draft_probability),
+    return {"drafts": DraftOptions(max_draft, lookup_ngram, module_drafts, min_draft_probability, answer_store),
             "min_confidence": min_confidence}
 
 
@@ -337,7 +351,8 @@ def _calls(st) -> str:
     text = f"base calls {st.base_calls}, module calls {st.module_calls}"
     if st.drafts_proposed:
         text += (f", drafts accepted {st.drafts_accepted}/{st.drafts_proposed} (lookup "
-                 f"{st.lookup_accepted}/{st.lookup_proposed}; by draft position {by_position(st.acceptance_at)}), "
+                 f"{st.lookup_accepted}/{st.lookup_proposed}, store {st.store_accepted}/{st.store_proposed}; "
+                 f"by draft position {by_position(st.acceptance_at)}), "
                  f"{st.tokens_per_base_call:.2f} tokens per base call")
     return text
 
@@ -345,12 +360,14 @@ def _calls(st) -> str:
 def _generate_reference(model_path, prompt, chat, request) -> None:
     from recycle_export.checkpoint import load_checkpoint
     from recycle_export.reference import ReferenceDecoder
+    from runtime.drafts import AnswerStore
     from runtime.tokenizer import TextCodec
 
     ckpt = load_checkpoint(model_path)
     codec = TextCodec.from_json(ckpt.tokenizer_json, ckpt.generation.chat_template, source=model_path)
     ids = codec.encode(prompt, chat=chat)
-    result = ReferenceDecoder(ckpt.model, ckpt.generation.eos_token_ids).generate(ids, request)
+    store = AnswerStore(ckpt.answers) if ckpt.answers is not None else None
+    result = ReferenceDecoder(ckpt.model, ckpt.generation.eos_token_ids, store).generate(ids, request)
     click.echo(codec.decode(result.tokens))
     click.echo(f"[{request.strategy}, PyTorch reference] {len(result.tokens)} tokens, finish: {result.finish_reason}, "
                f"{_calls(result.stats)}", err=True)

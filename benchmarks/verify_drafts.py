@@ -2,7 +2,8 @@
 (runtime.request.DraftOptions) were chosen.
 
     python benchmarks/verify_drafts.py --artifacts build/smollm2-onnx --engine cpu-fp32 \
-        [--task-set real] [--per-kind 2] [--max-new-tokens 64] [--configs "lookup n2 k15,module chain k3 p0"]
+        [--task-set real] [--per-kind 2] [--max-new-tokens 64] \
+        [--configs "lookup n2 k15,lookup n2 k15 + store,module chain k3 p0"]
 
 Greedy, stop tokens off. For each prompt every configuration runs back to back (standard
 first), so drift hits all alike; speed is decoded tokens over decode seconds per kind, and
@@ -25,25 +26,27 @@ from runtime.generator import Generator  # noqa: E402
 from runtime.request import DraftOptions, Request  # noqa: E402
 from runtime.tasks import encode_task_set  # noqa: E402
 
-DEFAULT_CONFIGS = ("lookup n2 k3", "lookup n2 k7", "lookup n2 k15", "lookup n3 k15", "lookup n2 k15 + module p0.5",
+DEFAULT_CONFIGS = ("lookup n2 k15", "lookup n2 k15 + store", "lookup n3 k15 + store", "lookup n2 k15 + store + module p0.5",
                    "module chain k3 p0", "one module draft")
-CONFIG = re.compile(r"(?:lookup n(?P<n>\d+) k(?P<k>\d+)(?: \+ module p(?P<p>[\d.]+))?"
+CONFIG = re.compile(r"(?:lookup n(?P<n>\d+) k(?P<k>\d+)(?P<store> \+ store)?(?: \+ module p(?P<p>[\d.]+))?"
                     r"|module chain k(?P<chain>\d+) p(?P<chain_p>[\d.]+)|(?P<one>one module draft))$")
 
 
 def parse_config(name: str) -> DraftOptions:
     """A configuration by name: "lookup nN kK" (prompt lookup, suffixes of N tokens or more,
-    drafts of up to K), "... + module pP" (else a module chain gated at P), "module chain kK
-    pP", or "one module draft" (the paper's verify). Raises ValueError for another name."""
+    drafts of up to K), "... + store" (else the export's answer store), "... + module pP"
+    (else a module chain gated at P), "module chain kK pP", or "one module draft" (the
+    paper's verify). Raises ValueError for another name."""
     match = CONFIG.match(name.strip())
     if match is None:
         raise ValueError(name)
     if match["one"]:
-        return DraftOptions(1, 0, True, 0.0)
+        return DraftOptions(1, 0, True, 0.0, answer_store=False)
     if match["chain"]:
-        return DraftOptions(int(match["chain"]), 0, True, float(match["chain_p"]))
+        return DraftOptions(int(match["chain"]), 0, True, float(match["chain_p"]), answer_store=False)
     module = match["p"] is not None
-    return DraftOptions(int(match["k"]), int(match["n"]), module, float(match["p"]) if module else 0.5)
+    return DraftOptions(int(match["k"]), int(match["n"]), module, float(match["p"]) if module else 0.5,
+                        answer_store=bool(match["store"]))
 
 
 def main() -> None:
@@ -55,8 +58,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
-                        help='comma-separated configurations, e.g. "lookup n2 k15,lookup n2 k3 + module p0.5,'
-                             'module chain k3 p0,one module draft"')
+                        help='comma-separated configurations, e.g. "lookup n2 k15,lookup n2 k15 + store,'
+                             'lookup n2 k3 + store + module p0.5,module chain k3 p0,one module draft"')
     args = parser.parse_args()
     configs = {}
     for name in args.configs.split(","):

@@ -7,6 +7,7 @@ Our format (a directory):
     recycler.safetensors  the recyclable module
     tokenizer.json     optional, the `tokenizers` library's format
     generation.json    optional: bos/eos/pad token ids and the chat template
+    answers.npy        optional: verify's answer store, the model's own answers (runtime.drafts)
 
 A Hugging Face directory (config.json + *.safetensors, sharded or not) loads too; a fresh recyclable
 module is attached, with a warning. Pickled weights are never unpickled.
@@ -18,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -26,6 +28,7 @@ from recycle_export.config import ModelConfig
 from recycle_export.families import config_from_hf, unfuse
 from recycle_export.model import RecycleGPT
 from runtime.artifacts import GenerationRecord
+from runtime.drafts import ANSWER_STORE, read_answer_store, write_answer_store
 from runtime.errors import ArtifactError, CheckpointError, ConfigError
 from runtime.files import (atomic_path, check_output_folder, clean_stale_staging, read_json, read_record,
                            read_text, staged_folder, write_json, write_text)
@@ -40,7 +43,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 CONFIG = "config.json"
 # Every file a checkpoint of ours may hold (training.json: train-recycler's report).
 CHECKPOINT_FILES = frozenset({CONFIG, "base.safetensors", "recycler.safetensors", "generation.json",
-                              "tokenizer.json", "training.json"})
+                              "tokenizer.json", "training.json", ANSWER_STORE})
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Checkpoint:
     recycler_trained: bool
     generation: GenerationRecord = field(default_factory=GenerationRecord)
     tokenizer_json: str | None = None  # the tokenizer file's text
+    answers: np.ndarray | None = None  # verify's answer store (runtime.drafts.answer_store_tokens)
 
     @property
     def config(self) -> ModelConfig:
@@ -112,6 +116,8 @@ def save_checkpoint(ckpt: Checkpoint, out: Path) -> None:
         write_json(tmp / "generation.json", ckpt.generation.to_json())
         if ckpt.tokenizer_json is not None:
             write_text(tmp / "tokenizer.json", ckpt.tokenizer_json)
+        if ckpt.answers is not None:
+            write_answer_store(tmp / ANSWER_STORE, ckpt.answers)
 
 
 def _is_our_checkpoint(path: Path) -> bool:
@@ -339,7 +345,9 @@ def _load_ours(path: Path) -> Checkpoint:
     if not trained:
         log.warning("the recyclable module of %s was never trained: alternate will produce poor "
                     "text and verify will accept few drafts", path)
-    return Checkpoint(model, bool(trained), generation, tokenizer)
+    store = path / ANSWER_STORE
+    answers = read_answer_store(store, cfg.vocab_size, CheckpointError) if store.is_file() else None
+    return Checkpoint(model, bool(trained), generation, tokenizer, answers)
 
 
 def attach_recycler(ckpt: Checkpoint, file: Path) -> None:

@@ -26,6 +26,7 @@ from recycle_export.model import RecycleGPT
 from recycle_export.validate import check_passed, validate_graphs
 from runtime import contract as C
 from runtime.artifacts import MANIFEST, GraphRecord, Manifest, export_files
+from runtime.drafts import ANSWER_STORE, write_answer_store
 from runtime.errors import ArtifactError
 from runtime.files import hash_files, staged_folder
 from runtime.limits import check_decode_memory
@@ -195,6 +196,8 @@ def export(model_path: Path, out: Path, options: ExportOptions = ExportOptions()
             trace_graph(model, spec, tmp / f"{name}.onnx", options.opset, options.external_data_bytes)
         if ckpt.tokenizer_json is not None:
             (tmp / "tokenizer.json").write_text(ckpt.tokenizer_json)
+        if ckpt.answers is not None:
+            write_answer_store(tmp / ANSWER_STORE, ckpt.answers)
         progress("validating against PyTorch")
         validation = validate_graphs(tmp, reference, dims)
         check_passed(validation)  # a failure discards the staged folder
@@ -223,7 +226,7 @@ def _manifest(ckpt: Checkpoint, cfg, dims: C.Dims, options: ExportOptions, model
         source={"checkpoint": str(Path(model_path).resolve())},
         versions={"torch": torch.__version__, "onnx": onnx.__version__,
                   "onnxruntime": onnxruntime.__version__, "recycle_export": _version()},
-        validation=validation, files=files)
+        validation=validation, files=files, answer_store=ANSWER_STORE if ckpt.answers is not None else None)
 
 
 def _version() -> str:

@@ -26,6 +26,7 @@ from runtime.artifacts import GenerationRecord
 from recycle_export.config import ModelConfig
 from recycle_export.families import DEFAULT_MAX_SEQ_LEN
 from recycle_export.gguf_tokenizer import tokenizer_json
+from runtime.drafts import read_answer_store
 from runtime.errors import CheckpointError, ConfigError, GGUFError
 from runtime.tokenizer import compile_chat_template
 
@@ -254,15 +255,17 @@ def _tensors(reader, cfg: ModelConfig, arch: str, source: str, progress: Callabl
 
 
 def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, total: None,
-                recycler: Path | None = None) -> Checkpoint:
+                recycler: Path | None = None, answers: Path | None = None) -> Checkpoint:
     """Read a GGUF file (ARCHITECTURES) into a Checkpoint (dequantized float32 weights, tokenizer,
     special tokens and chat template) with the trained recyclable module in the
-    safetensors file `recycler`, or a freshly initialised one (with a warning).
+    safetensors file `recycler`, or a freshly initialised one (with a warning), and verify's
+    answer store from the .npy file `answers` (runtime.drafts), if given.
 
     Raises:
         GGUFError: the file is missing or unreadable, of another architecture, or uses a
             tokenizer or quantization we cannot convert.
-        CheckpointError: `recycler` is missing or does not fit the model.
+        CheckpointError: `recycler` is missing or does not fit the model; `answers` is
+            unreadable or holds ids outside the vocabulary.
     """
     from gguf import GGUFReader
 
@@ -293,6 +296,8 @@ def import_gguf(path: Path, progress: Callable[[int, int], None] = lambda done, 
         pad_token_id=fields.get("tokenizer.ggml.padding_token_id"),
         chat_template=fields.get("tokenizer.chat_template"))
     ckpt = Checkpoint(model, False, generation, tokenizer_json(fields, arch))
+    if answers is not None:
+        ckpt.answers = read_answer_store(Path(answers), cfg.vocab_size, CheckpointError)
     if recycler is not None:
         attach_recycler(ckpt, recycler)
     else:

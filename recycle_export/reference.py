@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from recycle_export.model import KV, RecycleGPT
-from runtime.drafts import make_drafts
+from runtime.drafts import AnswerStore, make_drafts
 from runtime.request import STRATEGIES, Request, Stats, check_request  # the runtime's records
 from runtime.sampling import accept_draft, confident, draw, probabilities
 
@@ -61,10 +61,11 @@ class _State:
 class ReferenceDecoder:
     """Decode with `model` (batch 1). See `generate`."""
 
-    def __init__(self, model: RecycleGPT, eos_token_ids: tuple[int, ...] = ()):
+    def __init__(self, model: RecycleGPT, eos_token_ids: tuple[int, ...] = (), store: AnswerStore | None = None):
         self.model = model.eval()
         self.cfg = model.cfg
         self.eos_token_ids = tuple(eos_token_ids)  # a Request's stop tokens when it names none
+        self.store = store  # verify's answer store, the same as the runtime's under test
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], request: Request = Request()) -> Generation:
@@ -102,9 +103,10 @@ class ReferenceDecoder:
         if self._emit(s, draw(self._probs(s, logits[-1]), s.rng)):
             return
         while True:
-            drafts, qs, from_lookup = make_drafts(
+            drafts, qs, source = make_drafts(
                 np.array(s.tokens), s.request.drafts, self.cfg.max_seq_len - len(s.tokens),
-                s.request.max_new_tokens - (len(s.tokens) - s.n_prompt), s.stats, lambda room: self._module_chain(s, room))
+                s.request.max_new_tokens - (len(s.tokens) - s.n_prompt), s.stats, lambda room: self._module_chain(s, room),
+                self.store)
             logits = self._base_step(s, s.tokens[s.base_len:] + drafts, num_logits=len(drafts) + 1)
             for i, (draft, q) in enumerate(zip(drafts, qs)):
                 accepted, token = accept_draft(draft, self._probs(s, logits[i]), q, s.rng)
@@ -113,7 +115,7 @@ class ReferenceDecoder:
                     if self._emit(s, token):
                         return
                     break
-                s.stats.accepted(i, from_lookup)
+                s.stats.accepted(i, source)
                 if self._emit(s, token):
                     return
             else:  # every draft accepted: the base's distribution after the last one is free

@@ -40,6 +40,7 @@ from recycle_export.distill_data import (Sequence, engine_sequences, generate_se
 from recycle_export import real_prompts
 from runtime.prompts import TEMPLATE_SETS, prompts
 from recycle_export.model import RecycleGPT, rotary
+from runtime.drafts import answer_store_tokens
 from runtime.errors import CheckpointError, ConfigError
 from runtime.files import atomic_path, write_json
 from runtime.request import check_threads
@@ -522,6 +523,9 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
         "heldout_before": before, "heldout_after": after,
         "seconds": {"data": round(data_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
-    save_checkpoint(Checkpoint(model, True, ckpt.generation, ckpt.tokenizer_json), Path(out))
+    # verify's answer store: the train split's answers, which the module was trained on too.
+    answers = answer_store_tokens(s.tokens[s.prompt_len:].tolist() for s in train)
+    report["answer_store"] = {"answers": len(train), "positions": len(answers)}
+    save_checkpoint(Checkpoint(model, True, ckpt.generation, ckpt.tokenizer_json, answers), Path(out))
     write_json(Path(out) / "training.json", report)
     return report

@@ -92,6 +92,7 @@ class Manifest:
     versions: dict  # library versions of the export
     validation: dict  # recycle_export.validate's figures: passed, tolerance, max_abs_diff, ...
     files: dict[str, str]  # file name -> sha256 of every file of the export
+    answer_store: str | None = None  # file name of verify's answer store (runtime.drafts), or None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -145,8 +146,9 @@ class Manifest:
         if not all(isinstance(w, str) for w in warnings):
             f.fail("warnings", "must be a list of strings")
         tokenizer = f.file_name("tokenizer") if f.data.get("tokenizer") is not None else None
+        answer_store = f.file_name("answer_store") if f.data.get("answer_store") is not None else None
         files = f.hashes("files")
-        for file in [g.file for g in graphs.values()] + ([tokenizer] if tokenizer else []):
+        for file in [g.file for g in graphs.values()] + [name for name in (tokenizer, answer_store) if name]:
             if file not in files:
                 f.fail("files", f"does not list {file}: every file's hash is checked")
         validated = validation.hashes("sha256", optional=True) or {}
@@ -159,7 +161,7 @@ class Manifest:
                    recycler_trained=f.get("recycler_trained", bool), draft_vocab=draft_vocab,
                    warnings=tuple(warnings), source=dict(f.sub("source").data),
                    versions=dict(f.sub("versions").data), validation=dict(validation.data),
-                   files=files)
+                   files=files, answer_store=answer_store)
 
 
 def export_files(folder: Path) -> set[str] | None:
@@ -229,6 +231,16 @@ class Artifacts:
 
     def graph_path(self, name: str) -> Path:
         return self.folder / self.manifest.graphs[name].file
+
+    def answer_store(self):
+        """verify's answer store (runtime.drafts.AnswerStore), or None when the export has none.
+
+        Raises: ArtifactError: its file is unreadable or holds ids outside the vocabulary.
+        """
+        from runtime.drafts import AnswerStore
+
+        name = self.manifest.answer_store
+        return AnswerStore.load(self.folder / name, self.dims.vocab_size) if name else None
 
     def codec(self):
         """The TextCodec for this export's tokenizer and chat template.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +39,7 @@ class StrategyFigures:
     acceptance: float | None
     tokens_per_base_call: float | None  # after the prefill
     acceptance_at: tuple[float | None, ...] = ()  # verify: per draft position (runtime.request.Stats)
+    acceptance_by_source: dict[str, float] = field(default_factory=dict)  # verify: per source that drafted
     speedup: float | None = None  # over standard, when standard ran
 
 
@@ -76,7 +77,7 @@ def _figures(runs: dict[str, list[list[Result]]], rows: list[int]) -> list[Strat
             sum(s.module_calls for s in stats),
             sum(s.drafts_accepted for s in stats) / proposed if proposed else None,
             sum(s.generated_tokens - s.batch for s in stats) / max(sum(s.base_calls - 1 for s in stats), 1),
-            _acceptance_at(stats)))
+            _acceptance_at(stats), _acceptance_by_source(stats)))
     baseline = next((f for f in figures if f.strategy == "standard"), None)
     for f in figures:
         if baseline is not None:
@@ -88,6 +89,21 @@ def _acceptance_at(stats) -> tuple[float | None, ...]:
     proposed = [sum(column) for column in zip(*(s.proposed_at for s in stats))]
     accepted = [sum(column) for column in zip(*(s.accepted_at for s in stats))]
     return tuple(a / p if p else None for a, p in zip(accepted, proposed))
+
+
+def _acceptance_by_source(stats) -> dict[str, float]:
+    totals: dict[str, list[int]] = {}
+    for s in stats:
+        for source, (accepted, proposed) in s.by_source.items():
+            total = totals.setdefault(source, [0, 0])
+            total[0] += accepted
+            total[1] += proposed
+    return {source: a / p for source, (a, p) in totals.items() if p}
+
+
+def by_source(values: dict[str, float]) -> str:
+    """Acceptance per draft source as "lookup 0.62, store 0.41" ("-" where none drafted)."""
+    return ", ".join(f"{source} {v:.2f}" for source, v in values.items()) or "-"
 
 
 def by_position(values: tuple[float | None, ...]) -> str:
@@ -127,11 +143,13 @@ def run_bench_by_group(generator: Generator, prompts: list[list[int]], groups: l
 
 def table(figures: list[StrategyFigures]) -> str:
     rows = [("strategy", "decode tok/s", "spread (min-max)", "prefill tok/s", "tokens",
-             "base calls", "module calls", "acceptance", "by draft position", "tokens/base call", "speedup")]
+             "base calls", "module calls", "acceptance", "by source", "by draft position", "tokens/base call",
+             "speedup")]
     for f in figures:
         rows.append((f.strategy, f"{f.decode_tokens_per_s:.1f}", f"{f.spread[0]:.1f}-{f.spread[1]:.1f}",
                      f"{f.prefill_tokens_per_s:.0f}", str(f.tokens), str(f.base_calls), str(f.module_calls),
-                     "-" if f.acceptance is None else f"{f.acceptance:.2f}", by_position(f.acceptance_at),
+                     "-" if f.acceptance is None else f"{f.acceptance:.2f}", by_source(f.acceptance_by_source),
+                     by_position(f.acceptance_at),
                      "-" if f.tokens_per_base_call is None else f"{f.tokens_per_base_call:.2f}",
                      "-" if f.speedup is None else f"{f.speedup:.2f}x"))
     return text_table(rows)
@@ -140,12 +158,13 @@ def table(figures: list[StrategyFigures]) -> str:
 def group_table(report: dict[str, list[StrategyFigures]], prompts: dict[str, int]) -> str:
     """One row per group and strategy: the per-kind view of run_bench_by_group."""
     rows = [("kind", "prompts", "strategy", "decode tok/s", "spread (min-max)", "tokens", "acceptance",
-             "by draft position", "tokens/base call", "speedup")]
+             "by source", "by draft position", "tokens/base call", "speedup")]
     for group, figures in report.items():
         for f in figures:
             rows.append((group, str(prompts[group]), f.strategy, f"{f.decode_tokens_per_s:.1f}",
                          f"{f.spread[0]:.1f}-{f.spread[1]:.1f}", str(f.tokens),
-                         "-" if f.acceptance is None else f"{f.acceptance:.2f}", by_position(f.acceptance_at),
+                         "-" if f.acceptance is None else f"{f.acceptance:.2f}", by_source(f.acceptance_by_source),
+                         by_position(f.acceptance_at),
                          "-" if f.tokens_per_base_call is None else f"{f.tokens_per_base_call:.2f}",
                          "-" if f.speedup is None else f"{f.speedup:.2f}x"))
     return text_table(rows)

@@ -1,12 +1,22 @@
 """Where verify's drafts come from (docs/design.md section 2): prompt lookup, which needs no
-model, else the decoder's module chain. Shared by the runtime and the reference decoder so
-that both propose the same drafts."""
+model, else the model's answer store, else the decoder's module chain. Shared by the runtime
+and the reference decoder so that both propose the same drafts."""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from runtime.errors import ArtifactError
+from runtime.files import write_bytes
+
+SOURCES = ("lookup", "store", "module")  # where a step's drafts came from (runtime.request.Stats)
+# The answer store's shortest suffix: 2 gave more tokens per base step than 3 on the held-out
+# real-task answers and the benchmark's (benchmarks/lookup_offline.py --store).
+STORE_NGRAM = 2
 
 
 def lookup_draft(tokens: np.ndarray, ngram: int, room: int) -> list[int]:
@@ -43,26 +53,158 @@ def lookup_draft(tokens: np.ndarray, ngram: int, room: int) -> list[int]:
     return [int(tokens[start + i % period]) for i in range(min(length, room))]
 
 
-def make_drafts(tokens: np.ndarray, options, cache_left: int, tokens_left: int, stats,
-                module_chain: Callable[[int], tuple[list[int], list]]) -> tuple[list[int], list, bool]:
-    """verify's drafts for the positions after `tokens` (prompt and output so far): a
-    prompt-lookup draft when there is one, else `module_chain(room)` when options allow
-    (runtime.request.DraftOptions). At most options.max_draft tokens, and no more than the
-    cache (`cache_left` positions) and max_new_tokens (`tokens_left`) leave room for.
-    Counts the proposals in `stats` (runtime.request.Stats).
+ANSWER_STORE = "answers.npy"  # its file in a checkpoint and an export folder
 
-    Returns: the drafts, the distribution each was drawn from (None for a lookup draft,
-    which is deterministic; the module's q otherwise, None under greedy), and whether
-    they came from lookup.
+
+def answer_store_tokens(answers) -> np.ndarray:
+    """Answers (sequences of token ids) as an answer store holds them: back to back, each
+    but the last followed by AnswerStore.SEPARATOR; int32."""
+    parts = []
+    for answer in answers:
+        parts += [np.asarray(answer, dtype=np.int32), np.array([AnswerStore.SEPARATOR], np.int32)]
+    return np.concatenate(parts[:-1]) if parts else np.zeros(0, np.int32)
+
+
+def write_answer_store(path: Path, tokens: np.ndarray) -> None:
+    """Write an answer store's tokens (answer_store_tokens) to `path` atomically, as .npy."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(tokens, dtype=np.int32), allow_pickle=False)
+    write_bytes(path, buffer.getvalue())
+
+
+def read_answer_store(path: Path, vocab_size: int, error=ArtifactError) -> np.ndarray:
+    """An answer store's tokens from its .npy file, checked.
+
+    Raises: `error` when the file is missing, unreadable, not a 1-D integer array, or holds
+    ids outside the vocabulary.
+    """
+    if not Path(path).is_file():
+        raise error(f"answer store {path} not found")
+    try:
+        tokens = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: not an answer store ({exc})") from None
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+        raise error(f"{path}: not an answer store (a {tokens.dtype} array of shape {tokens.shape}; "
+                    "expected 1-D token ids)")
+    if len(tokens) and not (tokens.max() < vocab_size and tokens.min() >= AnswerStore.SEPARATOR):
+        raise error(f"{path}: token ids outside the vocabulary [0, {vocab_size})")
+    return tokens.astype(np.int32)
+
+
+class AnswerStore:
+    """The model's own answers to other prompts, searched like prompt lookup (retrieval
+    drafts, as REST does): the longest suffix of the text, at least `ngram` tokens, that
+    also ends somewhere in the store proposes what followed it there, as many tokens as the
+    suffix is long. Where the suffix ends at several places, each drafted token is the one
+    that follows most of them (then only those go on), so a common phrasing wins.
+
+    `tokens` holds the answers back to back, each followed by SEPARATOR. The index is the
+    store read backwards, its positions sorted by the WINDOW tokens that precede them (a
+    suffix array of the reversed store, cut at WINDOW): the places where the text's suffix
+    ends are then one contiguous run, found by binary search.
+    """
+
+    SEPARATOR = -1
+    WINDOW = 16  # longer than any draft (runtime.request.MAX_DRAFT)
+
+    def __init__(self, tokens: np.ndarray):
+        """`tokens`: as answer_store_tokens writes them."""
+        self.tokens = np.append(np.asarray(tokens, dtype=np.int32), np.int32(self.SEPARATOR))
+        # backwards[r] is tokens[n - 1 - r]; a position's key is the WINDOW tokens from there on.
+        self._backwards = np.concatenate([self.tokens[::-1], np.full(self.WINDOW, self.SEPARATOR, np.int32)])
+        keys = np.lib.stride_tricks.sliding_window_view(self._backwards, self.WINDOW)[:len(self.tokens)]
+        self._sorted = np.lexsort(keys.T[::-1]).astype(np.int32)  # by key[0], then key[1], ...
+
+    @classmethod
+    def from_answers(cls, answers) -> "AnswerStore":
+        """A store of these answers (each a sequence of token ids)."""
+        return cls(answer_store_tokens(answers))
+
+    @classmethod
+    def load(cls, path: Path, vocab_size: int, error=ArtifactError) -> "AnswerStore":
+        """Raises: `error` (see read_answer_store)."""
+        return cls(read_answer_store(path, vocab_size, error))
+
+    def __len__(self) -> int:
+        return len(self.tokens) - 1
+
+    def draft(self, tokens: np.ndarray, ngram: int, room: int) -> list[int]:
+        """A draft for the positions after `tokens` (prompt and output so far), at most `room`
+        tokens; [] when no suffix of `ngram` tokens or more occurs in the store."""
+        if ngram < 1 or room < 1 or len(tokens) < ngram:
+            return []
+        suffix = tuple(int(t) for t in np.asarray(tokens)[:-self.WINDOW - 1:-1])  # backwards
+        at = self._first(suffix, inclusive=True)
+        length = max(self._common(suffix, k) for k in (at - 1, at) if 0 <= k < len(self._sorted))
+        if length < ngram:
+            return []
+        run = self._sorted[self._first(suffix[:length], True):self._first(suffix[:length], False)]
+        ends = len(self.tokens) - 1 - run.astype(np.int64)  # store positions where the suffix ends
+        return self._follow(ends, min(length, room))
+
+    def _key(self, k: int, length: int) -> tuple:
+        r = int(self._sorted[k])
+        return tuple(self._backwards[r:r + length].tolist())
+
+    def _common(self, suffix: tuple, k: int) -> int:
+        key, n = self._key(k, len(suffix)), 0
+        while n < len(suffix) and key[n] == suffix[n]:
+            n += 1
+        return n
+
+    def _first(self, pattern: tuple, inclusive: bool) -> int:
+        """The first sorted position whose key, cut to len(pattern), is >= pattern
+        (inclusive) or > pattern."""
+        lo, hi = 0, len(self._sorted)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            key = self._key(mid, len(pattern))
+            if key < pattern or (not inclusive and key == pattern):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _follow(self, ends: np.ndarray, length: int) -> list[int]:
+        """Up to `length` tokens after the store positions `ends`, each the one that follows
+        most of them (the smallest id among equals), stopping at an answer's end."""
+        draft: list[int] = []
+        for i in range(1, length + 1):
+            followers = self.tokens[ends + i]  # the last token is a SEPARATOR, so ends + i stays inside
+            values, counts = np.unique(followers, return_counts=True)
+            top = values[np.argmax(counts)]
+            if top == self.SEPARATOR:
+                break
+            draft.append(int(top))
+            ends = ends[followers == top]
+        return draft
+
+
+def make_drafts(tokens: np.ndarray, options, cache_left: int, tokens_left: int, stats,
+                module_chain: Callable[[int], tuple[list[int], list]],
+                store: AnswerStore | None = None) -> tuple[list[int], list, str | None]:
+    """verify's drafts for the positions after `tokens` (prompt and output so far): a
+    prompt-lookup draft when there is one, else one from the answer `store`, else
+    `module_chain(room)`, each as options allow (runtime.request.DraftOptions). At most
+    options.max_draft tokens, and no more than the cache (`cache_left` positions) and
+    max_new_tokens (`tokens_left`) leave room for. Counts the proposals in `stats`
+    (runtime.request.Stats).
+
+    Returns: the drafts, the distribution each was drawn from (None for a lookup or store
+    draft, which is deterministic; the module's q otherwise, None under greedy), and their
+    source (one of SOURCES; None when there are none).
     """
     room = min(options.max_draft, cache_left, tokens_left)
-    drafts = lookup_draft(tokens, options.lookup_ngram, room)
+    drafts, source = lookup_draft(tokens, options.lookup_ngram, room), "lookup"
+    if not drafts and store is not None and options.answer_store:
+        drafts, source = store.draft(tokens, STORE_NGRAM, room), "store"
     if drafts:
-        qs, from_lookup = [None] * len(drafts), True
+        qs = [None] * len(drafts)
     elif options.module and room > 0:
-        (drafts, qs), from_lookup = module_chain(room), False
+        (drafts, qs), source = module_chain(room), "module"
     else:
-        qs, from_lookup = [], False
-    stats.proposed(len(drafts), from_lookup)
-    return drafts, qs, from_lookup
+        return [], [], None
+    stats.proposed(len(drafts), source)
+    return drafts, qs, source
 

@@ -97,8 +97,8 @@ class _Counts:
 
 
 # verify as a measure of the module: one module draft every step, whatever its confidence
-# (verify's defaults draft by prompt lookup, which says nothing of the module).
-MODULE_DRAFTS = DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0)
+# (verify's defaults draft by prompt lookup and the answer store, which say nothing of the module).
+MODULE_DRAFTS = DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0, answer_store=False)
 
 
 def _count(gen: Generator, prompt: list[int], max_new_tokens: int) -> _Counts:

@@ -18,7 +18,7 @@ import numpy as np
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.errors import GenerationError
-from runtime.drafts import make_drafts
+from runtime.drafts import AnswerStore, make_drafts
 from runtime.kv import BASE, MODULE, KVPool
 from runtime.limits import check_decode_memory
 from runtime.request import STRATEGIES, Request, Stats, check_request, check_threads  # noqa: F401  (the public names)
@@ -90,8 +90,9 @@ class Generator:
     """Decode with a backend over one export's artifacts. Thread-safe: all decoding state
     lives in a per-call _State; the backend's sessions are shared."""
 
-    def __init__(self, backend, artifacts: Artifacts, codec=None):
+    def __init__(self, backend, artifacts: Artifacts, codec=None, store: AnswerStore | None = None):
         self.backend, self.artifacts, self.codec = backend, artifacts, codec
+        self.store = store  # verify's answer store (runtime.drafts.AnswerStore), if the export has one
         self.dims = artifacts.dims
         self.capacity = artifacts.max_seq_len
 
@@ -116,7 +117,7 @@ class Generator:
                             "export again with a smaller --max-seq-len")
         info = EngineInfo.load(artifacts, engine, check_hashes) if engine else None
         codec = artifacts.codec() if artifacts.manifest.tokenizer else None
-        return cls(load_backend(artifacts, info, threads), artifacts, codec)
+        return cls(load_backend(artifacts, info, threads), artifacts, codec, artifacts.answer_store())
 
     def close(self) -> None:
         """Free the backend's sessions and device memory; the Generator cannot run afterwards."""
@@ -238,9 +239,10 @@ class Generator:
         if (yield from self._emit(s, self._draw(s, logits[:, -1]))):
             return
         while True:
-            drafts, qs, from_lookup = make_drafts(
+            drafts, qs, source = make_drafts(
                 s.tokens[0, :s.length], s.request.drafts, self.capacity - s.length,
-                s.request.max_new_tokens - (s.length - s.prompt_end), s.stats, lambda room: self._module_chain(s, room))
+                s.request.max_new_tokens - (s.length - s.prompt_end), s.stats, lambda room: self._module_chain(s, room),
+                self.store)
             ids = np.concatenate([s.unseen(BASE), [drafts]], axis=1).astype(np.int64)  # (1, 1 + k)
             logits = self._base_step(s, ids, num_logits=len(drafts) + 1)  # row i checks drafts[i]
             for i, (draft, q) in enumerate(zip(drafts, qs)):
@@ -250,7 +252,7 @@ class Generator:
                     if (yield from self._emit(s, np.array([token]))):
                         return
                     break
-                s.stats.accepted(i, from_lookup)
+                s.stats.accepted(i, source)
                 if (yield from self._emit(s, np.array([token]))):
                     return
             else:  # every draft accepted: the base's distribution after the last one is free

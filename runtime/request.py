@@ -25,18 +25,21 @@ class DraftOptions:
     """How verify drafts (docs/design.md section 2). Each base step checks up to max_draft
     drafted tokens: a prompt-lookup draft when a suffix of at least lookup_ngram tokens
     occurred before (what followed its longest such suffix, as many tokens as that suffix is
-    long; 0 switches lookup off), otherwise a chain from the module
-    that drafts while the module's top probability for the position reaches min_probability
-    (none at all when it is not that sure of the first)."""
+    long; 0 switches lookup off), otherwise, with answer_store, a draft from the model's store
+    of its own answers (runtime.drafts.AnswerStore; exports without one have none),
+    otherwise, with module, a chain from the module that drafts while the module's top
+    probability for the position reaches min_probability (none at all when it is not that
+    sure of the first)."""
 
     # The defaults are the fastest lossless configuration measured on the real-task set
     # (benchmarks/tasks; docs/design.md section 2): the committed module's drafts are right
     # too rarely on real tasks to pay for its calls and the wider base step, so only prompt
-    # lookup drafts unless asked; with module=True, 0.5 was the best gate measured.
+    # lookup and store drafts unless asked; with module=True, 0.5 was the best gate measured.
     max_draft: int = MAX_DRAFT
     lookup_ngram: int = 2
     module: bool = False
     min_probability: float = 0.5
+    answer_store: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_draft <= MAX_DRAFT:
@@ -45,8 +48,9 @@ class DraftOptions:
             raise GenerationError(f"lookup_ngram must be >= 0 (0 switches lookup off), got {self.lookup_ngram}")
         if not 0.0 <= self.min_probability <= 1.0:
             raise GenerationError(f"min_probability must be in [0, 1], got {self.min_probability}")
-        if not self.module and not self.lookup_ngram:
-            raise GenerationError("verify needs a draft source: the module, prompt lookup or both")
+        if not self.module and not self.lookup_ngram and not self.answer_store:
+            raise GenerationError("verify needs a draft source: prompt lookup, the answer store, the module "
+                                  "or several")
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ class Stats:
     drafts_accepted: int = 0
     lookup_proposed: int = 0  # of those, from prompt lookup
     lookup_accepted: int = 0
+    store_proposed: int = 0  # from the answer store
+    store_accepted: int = 0
     # Per draft position (index 0: the first draft after a base step), all sources.
     proposed_at: list[int] = field(default_factory=lambda: [0] * MAX_DRAFT)
     accepted_at: list[int] = field(default_factory=lambda: [0] * MAX_DRAFT)
@@ -114,22 +120,32 @@ class Stats:
     prefill_seconds: float = 0.0  # up to the first generated token
     decode_seconds: float = 0.0  # from the first generated token to the last
 
-    def proposed(self, count: int, from_lookup: bool) -> None:
-        """Count `count` drafts proposed for one base step."""
+    def proposed(self, count: int, source: str) -> None:
+        """Count `count` drafts proposed for one base step, from `source` (runtime.drafts.SOURCES)."""
         self.drafts_proposed += count
-        self.lookup_proposed += count if from_lookup else 0
+        self.lookup_proposed += count if source == "lookup" else 0
+        self.store_proposed += count if source == "store" else 0
         for i in range(count):
             self.proposed_at[i] += 1
 
-    def accepted(self, position: int, from_lookup: bool) -> None:
-        """Count the draft at `position` (0-based within its step) as accepted."""
+    def accepted(self, position: int, source: str) -> None:
+        """Count the draft at `position` (0-based within its step), from `source`, as accepted."""
         self.drafts_accepted += 1
-        self.lookup_accepted += from_lookup
+        self.lookup_accepted += source == "lookup"
+        self.store_accepted += source == "store"
         self.accepted_at[position] += 1
 
     @property
     def acceptance(self) -> float | None:
         return self.drafts_accepted / self.drafts_proposed if self.drafts_proposed else None
+
+    @property
+    def by_source(self) -> dict[str, tuple[int, int]]:
+        """(accepted, proposed) drafts per source (runtime.drafts.SOURCES)."""
+        module = (self.drafts_accepted - self.lookup_accepted - self.store_accepted,
+                  self.drafts_proposed - self.lookup_proposed - self.store_proposed)
+        return {"lookup": (self.lookup_accepted, self.lookup_proposed),
+                "store": (self.store_accepted, self.store_proposed), "module": module}
 
     @property
     def acceptance_at(self) -> list[float | None]:

@@ -33,7 +33,7 @@ OFF_VALUES = {"presence_penalty": (0, 0.0, None), "frequency_penalty": (0, 0.0, 
               "suffix": (None, ""), "tools": (None, []), "tool_choice": (None, "none"),
               "response_format": (None, {"type": "text"})}
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed")
-DRAFT_FIELDS = ("max_draft", "lookup_ngram", "module_drafts", "min_draft_probability")
+DRAFT_FIELDS = ("max_draft", "lookup_ngram", "module_drafts", "min_draft_probability", "answer_store")
 KNOWN = IGNORED | set(OFF_VALUES) | set(SAMPLING_FIELDS) | set(DRAFT_FIELDS) | {
     "stop", "stream", "n", "strategy", "min_confidence"}
 
@@ -133,7 +133,8 @@ def _request(body: dict, kind: str, default_strategy: str, max_tokens_limit: int
     drafts = _runtime(lambda: DraftOptions(
         _optional(body, "max_draft", int, defaults.max_draft), _optional(body, "lookup_ngram", int, defaults.lookup_ngram),
         _optional(body, "module_drafts", bool, defaults.module),
-        float(_optional(body, "min_draft_probability", (int, float), defaults.min_probability))), DRAFT_FIELDS)
+        float(_optional(body, "min_draft_probability", (int, float), defaults.min_probability)),
+        _optional(body, "answer_store", bool, defaults.answer_store)), DRAFT_FIELDS)
     min_confidence = float(_optional(body, "min_confidence", (int, float), 0.0))
     return _runtime(lambda: Request(strategy, sampling, max_tokens, stop_strings=_stop(body.get("stop")),
                                     drafts=drafts, min_confidence=min_confidence), ("min_confidence",))

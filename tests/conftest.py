@@ -47,18 +47,19 @@ def smollm_path():
 
 
 SMOLLM_RECYCLER = Path(__file__).resolve().parents[1] / "models" / "smollm2-135m-instruct.recycler.safetensors"
+SMOLLM_ANSWERS = SMOLLM_RECYCLER.with_name("smollm2-135m-instruct.answers.npy")
 
 
 @pytest.fixture(scope="session")
 def smollm_checkpoint(smollm_path, tmp_path_factory):
     """SmolLM2-135M-Instruct imported from the GGUF once per session with the committed
-    trained recyclable module, as a saved checkpoint."""
+    trained recyclable module and answer store, as a saved checkpoint."""
     from recycle_export.checkpoint import load_checkpoint, save_checkpoint
     from recycle_export.gguf_import import import_gguf
 
     logging.getLogger("recycle_export").setLevel(logging.ERROR)
     out = tmp_path_factory.mktemp("smollm2") / "ckpt"
-    save_checkpoint(import_gguf(smollm_path, recycler=SMOLLM_RECYCLER), out)
+    save_checkpoint(import_gguf(smollm_path, recycler=SMOLLM_RECYCLER, answers=SMOLLM_ANSWERS), out)
     return out, load_checkpoint(out)
 
 

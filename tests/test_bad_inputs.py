@@ -132,6 +132,17 @@ def gguf(overrides=None, drop_tensors=()):
     return apply
 
 
+def npy(path: str, values):
+    """A .npy file holding `values` (an answer store's format, whatever its content)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(values))
+    return write(path, buffer.getvalue())
+
+
 def truncate(path: str, size: int):
     def apply(root: Path):
         file = root / path
@@ -214,6 +225,13 @@ CASES = [
     ("sizes", "gguf-vocab-huge", gguf({"llama.vocab_size": BIG}), IMPORT, "token_embd.weight"),
     ("sizes", "gguf-vocab-small", gguf({"llama.vocab_size": 10}), IMPORT, "vocabulary lists 96 tokens"),
     ("sizes", "gguf-dim", gguf({"llama.embedding_length": 4096}), IMPORT, "expected (96, 4096)"),
+    ("sizes", "answer-store-outside-vocab", npy("answers.npy", [5, 96]), IMPORT + ["--answers", "{tmp}/answers.npy"],
+     "outside the vocabulary [0, 96)"),
+    ("errors", "answer-store-not-npy", write("answers.npy", "5 6 7"), IMPORT + ["--answers", "{tmp}/answers.npy"],
+     "not an answer store"),
+    ("errors", "answer-store-2d", npy("answers.npy", [[5, 6]]), IMPORT + ["--answers", "{tmp}/answers.npy"],
+     "expected 1-D token ids"),
+    ("errors", "answer-store-missing", NOTHING, IMPORT + ["--answers", "{tmp}/none.npy"], "none.npy not found"),
     ("sizes", "gguf-ffn", gguf({"llama.feed_forward_length": BIG}), IMPORT, "ffn_gate"),
     ("sizes", "gguf-heads", gguf({"llama.attention.head_count": 8}), IMPORT, "shape"),
     ("sizes", "gguf-kv-heads", gguf({"llama.attention.head_count_kv": 4}), IMPORT, "attn_k"),

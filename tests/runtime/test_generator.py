@@ -308,7 +308,7 @@ def test_lookup_draft_matches_a_plain_search():
 @pytest.mark.parametrize("options, message", [
     (dict(max_draft=0), "max_draft must be in 1..15"), (dict(max_draft=16), "max_draft must be in 1..15"),
     (dict(lookup_ngram=-1), "lookup_ngram must be >= 0"), (dict(min_probability=1.5), "min_probability"),
-    (dict(module=False, lookup_ngram=0), "needs a draft source")])
+    (dict(module=False, lookup_ngram=0, answer_store=False), "needs a draft source")])
 def test_bad_draft_options(options, message):
     with pytest.raises(GenerationError, match=message):
         DraftOptions(**options)

@@ -3,6 +3,7 @@
 import pytest
 
 from recycle_export.reference import ReferenceDecoder
+from runtime.drafts import AnswerStore
 from runtime.generator import Generator, Request
 from runtime.request import DraftOptions
 
@@ -12,12 +13,15 @@ pytestmark = pytest.mark.real_model
 @pytest.mark.parametrize("strategy", ["standard", "alternate", "verify"])
 def test_runtime_equals_reference(smollm_artifacts, smollm_checkpoint, strategy):
     generator = Generator.from_artifacts(smollm_artifacts, check_hashes=False)
-    reference = ReferenceDecoder(smollm_checkpoint[1].model)
+    ckpt = smollm_checkpoint[1]
+    assert generator.store is not None and ckpt.answers is not None  # the committed answer store
+    reference = ReferenceDecoder(ckpt.model, store=AnswerStore(ckpt.answers))
     for question in ("What is the capital of France?", "Name three colours."):
         ids = generator.encode(question, chat=True)
         ours = generator.generate(ids, Request(strategy, max_new_tokens=24))
         ref = reference.generate(ids, Request(strategy, max_new_tokens=24, stop_token_ids=generator.artifacts.eos_token_ids))
         assert ours.tokens == ref.tokens, (question, ours.text)
+        assert ours.stats.by_source == ref.stats.by_source
     answer = generator.generate(generator.encode("What is the capital of France?", chat=True),
                                 Request(strategy, max_new_tokens=24)).text
     assert "Paris" in answer, answer
@@ -31,7 +35,8 @@ def test_committed_module_is_trained(smollm_artifacts, smollm_checkpoint):
     assert len(smollm_checkpoint[1].model.recycler.draft_tokens) == 8192
     generator = Generator.from_artifacts(smollm_artifacts, check_hashes=False)
     proposed = accepted = 0
-    module_drafts = DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0)  # the module's own quality
+    module_drafts = DraftOptions(max_draft=1, lookup_ngram=0, module=True, min_probability=0.0,
+                                 answer_store=False)  # the module's own quality
     for question in ("Explain how rainbows form.", "Write a short poem about the sea."):
         stats = generator.generate(generator.encode(question, chat=True),
                                    Request("verify", max_new_tokens=48, drafts=module_drafts)).stats

@@ -173,7 +173,8 @@ def test_invalid_parameters_are_named(url, field, value, param):
 
 @pytest.mark.parametrize("extra, param", [({"strategy": "fast"}, "strategy"), ({"top_k": -1}, "top_k"),
                                           ({"max_draft": 16}, "max_draft"), ({"frobnicate": 1}, "frobnicate"),
-                                          ({"lookup_ngram": 0}, "lookup_ngram")])
+                                          ({"lookup_ngram": 0, "answer_store": False}, "lookup_ngram"),
+                                          ({"answer_store": "yes"}, "answer_store")])
 def test_invalid_extras_are_named(url, extra, param):
     call = lambda: client(url).completions.create(model=MODEL, prompt="hi", extra_body=extra)  # noqa: E731
     _refused(call, openai.BadRequestError, 400, param)
