@@ -23,7 +23,8 @@ benchmarks/verify_drafts.py measure the real thing.
 Rules: "fixed": the latest earlier occurrence of the last 2 tokens proposes the next k
 tokens (verify's rule until this round); "match": runtime.drafts.lookup_draft (the longest
 earlier suffix proposes as many tokens as it is long, up to k); with --store, "match+store":
-match, else a store of the train split's answers (AnswerStore; not in the runtime).
+match, else a store of --data's train split answers (runtime.drafts.AnswerStore, as verify
+drafts with an export's answers.npy).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.drafts import lookup_draft  # noqa: E402
+from runtime.drafts import STORE_NGRAM, AnswerStore, lookup_draft  # noqa: E402
 
 PASTS = (100, 400, 1000, 1600)
 NEWS = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -120,31 +121,6 @@ def walk(tokens: np.ndarray, prompt_len: int, draft, cost) -> tuple[int, float, 
     return steps, ms, standard_ms
 
 
-class AnswerStore:
-    """The next lever, measured here only: a datastore of the model's own greedy answers to
-    other prompts (REST / suffix decoding). Where prompt lookup finds nothing, the longest
-    suffix of the text (STORE_NGRAMS tokens, longest first) that ends somewhere in the store
-    proposes what followed it there, as many tokens as the suffix is long."""
-
-    STORE_NGRAMS = (8, 6, 4, 3, 2)
-
-    def __init__(self, answers):
-        self.index: dict[tuple, tuple[list[int], int]] = {}
-        for _, tokens, prompt_len in answers:
-            answer = tokens[prompt_len:].tolist()
-            for n in self.STORE_NGRAMS:
-                for end in range(n, len(answer)):
-                    self.index[(n, *answer[end - n:end])] = (answer, end)
-
-    def draft(self, tokens: np.ndarray, room: int) -> list[int]:
-        for n in self.STORE_NGRAMS:
-            hit = self.index.get((n, *tokens[-n:].tolist())) if len(tokens) >= n else None
-            if hit:
-                answer, end = hit
-                return answer[end:end + min(n, room)]
-        return []
-
-
 def match_table(answers, longest: int = 12) -> None:
     """At every answer position: how long the longest earlier suffix match is (1 .. longest
     or more) and how often its first follower is the greedy text's next token."""
@@ -191,7 +167,7 @@ def main() -> None:
     parser.add_argument("--costs", type=Path, help="a step-cost table written by --measure-costs")
     parser.add_argument("--max-drafts", default="3,7,15")
     parser.add_argument("--store", action="store_true",
-                        help="also: lookup, else a store of the train split's answers (measured only)")
+                        help="also: lookup, else an answer store of --data's train split")
     parser.add_argument("--by-match", action="store_true",
                         help="also: how often the first follower is right, by the length of the match")
     parser.add_argument("--measure-costs", type=Path, metavar="OUT", help="measure a step-cost table and stop")
@@ -223,10 +199,11 @@ def main() -> None:
     if args.store:
         if args.split == "train" or not args.data:
             parser.error("--store draws on --data's train split: measure on --split heldout or --task-set")
-        store = AnswerStore(load_answers(args.data, "train"))
+        train = load_answers(args.data, "train")
+        store = AnswerStore.from_answers(tokens[prompt_len:] for _, tokens, prompt_len in train)
         for k in (int(k) for k in args.max_drafts.split(",")):
             rules[f"match+store k{k}"] = lambda t, left, k=k: (lookup_draft(t, 2, min(k, left))
-                                                               or store.draft(t, min(k, left)))
+                                                               or store.draft(t, STORE_NGRAM, min(k, left)))
     kinds = sorted({kind for kind, _, _ in answers}) + ["overall"]
     print(f"{len(answers)} {args.split} answers; per kind: tokens per base step"
           + (", estimated speedup over standard" if cost else ""))
