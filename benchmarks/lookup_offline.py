@@ -2,7 +2,7 @@
 section 2), without running a model per rule.
 
     python benchmarks/lookup_offline.py --data build/smollm2-real.work [--split heldout] \
-        [--costs build/costs-cpu-fp32.json] [--max-drafts 3,7,15]
+        [--costs build/costs-cpu-fp32.json] [--max-drafts 3,7,15] [--store] [--by-match] [--acceptance]
     python benchmarks/lookup_offline.py --task-set real --artifacts build/smollm2-onnx \
         --engine cpu-fp32 [--max-new-tokens 64] [--data build/smollm2-real.work --store] ...
     python benchmarks/lookup_offline.py --measure-costs build/costs-cpu-fp32.json \
@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.drafts import STORE_NGRAM, AnswerStore, lookup_draft  # noqa: E402
+from runtime.request import MAX_DRAFT  # noqa: E402
 
 PASTS = (100, 400, 1000, 1600)
 NEWS = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -137,12 +138,32 @@ def match_table(answers, longest: int = 12) -> None:
     print("next token follows:    " + "  ".join(f"{right[n] / max(seen[n], 1):5.2f}" for n in range(1, longest + 1)))
 
 
+def acceptance_table(answers, store: AnswerStore, longest: int = 8) -> None:
+    """How often a drafted token is accepted once the drafts before it were, by source
+    (lookup, else the store) and the length of the suffix match that proposed the draft
+    (2 .. longest or more): runtime.drafts.ACCEPTANCE."""
+    counts = {source: np.zeros((longest + 1, 2), int) for source in ("lookup", "store")}
+    for _, tokens, prompt_len in answers:
+        for i in range(prompt_len, len(tokens) - 1):
+            draft, source = lookup_draft(tokens[:i], 2, MAX_DRAFT), "lookup"
+            if not draft:
+                draft, source = store.draft(tokens[:i], STORE_NGRAM, MAX_DRAFT), "store"
+            row = counts[source][min(len(draft), longest)]
+            for j, token in enumerate(draft[:len(tokens) - i]):
+                row[1] += 1
+                if token != tokens[i + j]:
+                    break
+                row[0] += 1
+    print("match length:  " + "  ".join(f"{n}{'+' if n == longest else ''}".rjust(5) for n in range(2, longest + 1)))
+    for source, table in counts.items():
+        print(f"{source:<15}" + "  ".join(f"{a / max(p, 1):5.2f}" for a, p in table[2:]))
+
+
 def measure_costs(artifacts: str, engine: str | None, out: Path) -> None:
     from runtime.generator import Generator
     from runtime.kv import BASE
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from step_latency import step, timed_steps
+    from runtime.costs import step, timed_steps
 
     gen = Generator.from_artifacts(artifacts, engine, check_hashes=False)
     table = {}
@@ -170,6 +191,8 @@ def main() -> None:
                         help="also: lookup, else an answer store of --data's train split")
     parser.add_argument("--by-match", action="store_true",
                         help="also: how often the first follower is right, by the length of the match")
+    parser.add_argument("--acceptance", action="store_true",
+                        help="also: acceptance per drafted token by source and match length (needs --data)")
     parser.add_argument("--measure-costs", type=Path, metavar="OUT", help="measure a step-cost table and stop")
     parser.add_argument("--artifacts")
     parser.add_argument("--engine")
@@ -188,6 +211,11 @@ def main() -> None:
         answers = [a for a in load_answers(args.data, args.split) if a[0].startswith(args.kinds)]
     if args.by_match:
         match_table(answers)
+    if args.acceptance:
+        if not args.data:
+            parser.error("--acceptance draws the store from --data's train split")
+        train = load_answers(args.data, "train")
+        acceptance_table(answers, AnswerStore.from_answers(tokens[p:] for _, tokens, p in train))
     cost = None
     if args.costs:
         loaded = json.loads(args.costs.read_text())["ms"]

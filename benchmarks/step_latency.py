@@ -15,51 +15,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime import contract as C  # noqa: E402
+from runtime.costs import step, timed_steps  # noqa: E402
 from runtime.generator import Generator  # noqa: E402
 from runtime.kv import BASE, MODULE  # noqa: E402
 
 STEPS = {"base, 1 new token": (BASE, 1), "base, 2 new tokens": (BASE, 2), "base, 4 new tokens": (BASE, 4),
          "module, 1 new token": (MODULE, 1), "module, 2 new tokens": (MODULE, 2)}
-
-
-def feeds(gen: Generator, pool, cache: str, new: int) -> dict:
-    start = pool.lengths[cache]
-    f = {C.INPUT_IDS: np.ones((1, new), np.int64), C.POSITION_IDS: np.arange(start, start + new)[None],
-         C.ATTENTION_MASK: np.ones((1, start + new), np.int64), C.NUM_LOGITS_INPUT: np.array([1], np.int64),
-         **pool.feeds(cache)}
-    if cache == MODULE:
-        f[C.HIDDEN_STATES] = np.zeros((1, new, gen.dims.dim), dtype=gen.dims.dtype)
-    return f
-
-
-def step(gen: Generator, pool, cache: str, new: int) -> None:
-    graph = C.FULL_STEP if cache == BASE else C.RECYCLE_STEP
-    out = gen.backend.run(graph, feeds(gen, pool, cache, new), pool.output_buffers(cache))
-    pool.commit(cache, out, new)
-
-
-def timed_steps(gen: Generator, pool, steps: dict, repeats: int, warmup: int = 3) -> dict:
-    """Seconds of each step in `steps` (name -> (cache, new tokens)), interleaved round by
-    round and rolled back after each, so every step sees the same past; the first `warmup`
-    rounds are not kept."""
-    times: dict = {name: [] for name in steps}
-    for round_ in range(repeats + warmup):
-        for name, (cache, new) in steps.items():
-            start = time.perf_counter()
-            step(gen, pool, cache, new)
-            elapsed = time.perf_counter() - start
-            pool.rollback(cache, new)
-            if round_ >= warmup:
-                times[name].append(elapsed)
-    return times
 
 
 def main() -> None:

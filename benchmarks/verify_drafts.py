@@ -30,14 +30,16 @@ DEFAULT_CONFIGS = ("lookup n2 k15", "lookup n2 k15 + store", "lookup n3 k15 + st
                    "module chain k3 p0", "one module draft")
 CONFIG = re.compile(r"(?:lookup n(?P<n>\d+) k(?P<k>\d+)(?P<store> \+ store)?(?: \+ module p(?P<p>[\d.]+))?"
                     r"|module chain k(?P<chain>\d+) p(?P<chain_p>[\d.]+)|(?P<one>one module draft))$")
+UNCUT = ", uncut"  # a configuration's name ending so: drafts not cut to the engine's step costs
 
 
 def parse_config(name: str) -> DraftOptions:
     """A configuration by name: "lookup nN kK" (prompt lookup, suffixes of N tokens or more,
     drafts of up to K), "... + store" (else the export's answer store), "... + module pP"
     (else a module chain gated at P), "module chain kK pP", or "one module draft" (the
-    paper's verify). Raises ValueError for another name."""
-    match = CONFIG.match(name.strip())
+    paper's verify); any of them + ", uncut" runs without the engine's step costs
+    (runtime.costs). Raises ValueError for another name."""
+    match = CONFIG.match(name.strip().removesuffix(UNCUT))
     if match is None:
         raise ValueError(name)
     if match["one"]:
@@ -59,16 +61,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help='comma-separated configurations, e.g. "lookup n2 k15,lookup n2 k15 + store,'
-                             'lookup n2 k3 + store + module p0.5,module chain k3 p0,one module draft"')
+                             'lookup n2 k3 + store + module p0.5,module chain k3 p0,one module draft"; add ", uncut" to a '
+                             'configuration to run it without the engine\'s step costs')
     args = parser.parse_args()
     configs = {}
-    for name in args.configs.split(","):
+    for name in re.split(r",(?! uncut)", args.configs):
         try:
             configs[name.strip()] = parse_config(name)
         except ValueError:
             parser.error(f"unknown configuration {name!r}: write \"lookup nN kK\", \"lookup nN kK + module pP\", "
                          f"\"module chain kK pP\" or \"one module draft\"")
     gen = Generator.from_artifacts(args.artifacts, args.engine, args.threads)
+    uncut = Generator(gen.backend, gen.artifacts, gen.codec, gen.store)  # the same sessions, no step costs
     tasks = encode_task_set(gen, args.task_set, per_kind=args.per_kind, max_new_tokens=args.max_new_tokens)
     requests = {"standard": Request("standard", max_new_tokens=args.max_new_tokens, stop_token_ids=())}
     requests.update({name: Request("verify", max_new_tokens=args.max_new_tokens, stop_token_ids=(), drafts=d)
@@ -79,7 +83,7 @@ def main() -> None:
     for prompt, kind in zip(tasks.prompts, tasks.kinds):
         reference = None
         for name, request in requests.items():
-            result = gen.generate(prompt, request)
+            result = (uncut if name.endswith(UNCUT) else gen).generate(prompt, request)
             reference = result.tokens if reference is None else reference
             differ[name] += result.tokens != reference
             for group in (kind, "overall"):

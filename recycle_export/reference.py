@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from recycle_export.model import KV, RecycleGPT
+from runtime.costs import StepCosts
 from runtime.drafts import AnswerStore, make_drafts
 from runtime.request import STRATEGIES, Request, Stats, check_request  # the runtime's records
 from runtime.sampling import accept_draft, confident, draw, probabilities
@@ -61,11 +62,13 @@ class _State:
 class ReferenceDecoder:
     """Decode with `model` (batch 1). See `generate`."""
 
-    def __init__(self, model: RecycleGPT, eos_token_ids: tuple[int, ...] = (), store: AnswerStore | None = None):
+    def __init__(self, model: RecycleGPT, eos_token_ids: tuple[int, ...] = (), store: AnswerStore | None = None,
+                 costs: StepCosts | None = None):
         self.model = model.eval()
         self.cfg = model.cfg
         self.eos_token_ids = tuple(eos_token_ids)  # a Request's stop tokens when it names none
-        self.store = store  # verify's answer store, the same as the runtime's under test
+        # verify's answer store and an engine's step costs: the same as the runtime's under test
+        self.store, self.costs = store, costs
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], request: Request = Request()) -> Generation:
@@ -106,7 +109,7 @@ class ReferenceDecoder:
             drafts, qs, source = make_drafts(
                 np.array(s.tokens), s.request.drafts, self.cfg.max_seq_len - len(s.tokens),
                 s.request.max_new_tokens - (len(s.tokens) - s.n_prompt), s.stats, lambda room: self._module_chain(s, room),
-                self.store)
+                self.store, self.costs)
             logits = self._base_step(s, s.tokens[s.base_len:] + drafts, num_logits=len(drafts) + 1)
             for i, (draft, q) in enumerate(zip(drafts, qs)):
                 accepted, token = accept_draft(draft, self._probs(s, logits[i]), q, s.rng)

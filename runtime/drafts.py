@@ -17,6 +17,13 @@ SOURCES = ("lookup", "store", "module")  # where a step's drafts came from (runt
 # The answer store's shortest suffix: 2 gave more tokens per base step than 3 on the held-out
 # real-task answers and the benchmark's (benchmarks/lookup_offline.py --store).
 STORE_NGRAM = 2
+# How often a drafted token is accepted once the drafts before it were, by source and by the
+# length of the suffix match that proposed the draft (index 0: 2 tokens ... index 6: 8 or
+# more): SmolLM2's greedy answers to the 144 held-out prompts of the training data
+# (`benchmarks/lookup_offline.py --data DIR --kinds "" --acceptance`). worth_drafting weighs
+# them against the engine's step costs.
+ACCEPTANCE = {"lookup": (0.57, 0.65, 0.71, 0.77, 0.81, 0.86, 0.97),
+              "store": (0.29, 0.38, 0.42, 0.50, 0.60, 0.65, 0.87)}
 
 
 def lookup_draft(tokens: np.ndarray, ngram: int, room: int) -> list[int]:
@@ -181,24 +188,48 @@ class AnswerStore:
         return draft
 
 
+def worth_drafting(draft: list[int], source: str, past: int, costs) -> int:
+    """How many tokens of a lookup or store `draft` (as long as the suffix match that
+    proposed it) are worth a wider base step over `past` positions on an engine whose step
+    costs are `costs` (runtime.costs.StepCosts): the k that maximizes the expected tokens
+    of the step, 1 + p + p^2 + ... + p^k with p from ACCEPTANCE, per unit of its cost
+    relative to a 1-token step. 0: none is worth it."""
+    table = ACCEPTANCE[source]
+    p = table[min(max(len(draft), 2), len(table) + 1) - 2]
+    best, best_k, expected, chance = 1.0, 0, 1.0, 1.0
+    for k in range(1, len(draft) + 1):
+        chance *= p
+        expected += chance
+        value = expected / costs.relative(k + 1, past)
+        if value > best:
+            best, best_k = value, k
+    return best_k
+
+
 def make_drafts(tokens: np.ndarray, options, cache_left: int, tokens_left: int, stats,
                 module_chain: Callable[[int], tuple[list[int], list]],
-                store: AnswerStore | None = None) -> tuple[list[int], list, str | None]:
+                store: AnswerStore | None = None, costs=None) -> tuple[list[int], list, str | None]:
     """verify's drafts for the positions after `tokens` (prompt and output so far): a
     prompt-lookup draft when there is one, else one from the answer `store`, else
     `module_chain(room)`, each as options allow (runtime.request.DraftOptions). At most
     options.max_draft tokens, and no more than the cache (`cache_left` positions) and
-    max_new_tokens (`tokens_left`) leave room for. Counts the proposals in `stats`
-    (runtime.request.Stats).
+    max_new_tokens (`tokens_left`) leave room for. With the engine's step `costs`
+    (runtime.costs.StepCosts), a lookup or store draft keeps only the tokens worth their
+    wider step (worth_drafting), and a source left with none passes to the next. Counts the
+    proposals in `stats` (runtime.request.Stats).
 
     Returns: the drafts, the distribution each was drawn from (None for a lookup or store
     draft, which is deterministic; the module's q otherwise, None under greedy), and their
     source (one of SOURCES; None when there are none).
     """
     room = min(options.max_draft, cache_left, tokens_left)
-    drafts, source = lookup_draft(tokens, options.lookup_ngram, room), "lookup"
+
+    def worth(drafts: list[int], source: str) -> list[int]:
+        return drafts[:worth_drafting(drafts, source, len(tokens), costs)] if costs and drafts else drafts
+
+    drafts, source = worth(lookup_draft(tokens, options.lookup_ngram, room), "lookup"), "lookup"
     if not drafts and store is not None and options.answer_store:
-        drafts, source = store.draft(tokens, STORE_NGRAM, room), "store"
+        drafts, source = worth(store.draft(tokens, STORE_NGRAM, room), "store"), "store"
     if drafts:
         qs = [None] * len(drafts)
     elif options.module and room > 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.errors import ArtifactError
+from runtime.costs import StepCosts
 from runtime.files import listed_files, read_json, read_record, sha256, write_json
 from runtime.records import Fields
 
@@ -59,6 +60,8 @@ class EngineRecord:
     accuracy: dict | None = None  # quantized builds: figures against the float graphs
     timing_cache: str | None = None  # TensorRT: the timing cache the build used
     kv_contract: str = C.CONTRACT_NAME  # the graphs' KV form (contract.KV_CONTRACTS)
+    # ONNX Runtime: base-step milliseconds by width, measured after the build (runtime.costs)
+    step_costs: dict | None = None
     format: str = ENGINE_FORMAT
     format_version: int = ENGINE_FORMAT_VERSION
 
@@ -97,6 +100,9 @@ class EngineRecord:
         profiles = f.sub("profiles", optional=True)
         accuracy = f.sub("accuracy", optional=True)
         kv_contract = f.choice("kv_contract", C.KV_CONTRACTS)
+        step_costs = f.sub("step_costs", optional=True)
+        if step_costs is not None:
+            StepCosts.from_json(step_costs)
         files = f.hashes("files")
         for file in graphs.data.values():
             if file not in files:
@@ -105,7 +111,7 @@ class EngineRecord:
                    dict(device.data), dict(graphs.data), None if profiles is None else dict(profiles.data),
                    f.hashes("source"), files, None if session is None else dict(session.data),
                    None if accuracy is None else dict(accuracy.data), f.get("timing_cache", str, optional=True),
-                   kv_contract)
+                   kv_contract, None if step_costs is None else dict(step_costs.data))
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,11 @@ class EngineInfo:
     @property
     def target(self) -> str:
         return self.record.target
+
+    def step_costs(self) -> StepCosts | None:
+        """The base step's cost by width on this engine (runtime.costs), if the build measured it."""
+        data = self.record.step_costs
+        return None if data is None else StepCosts.from_json(Fields(data, str(self.folder / ENGINE_JSON), ""))
 
     def graph_paths(self) -> dict[str, Path]:
         return {name: self.folder / file for name, file in self.record.graphs.items()}

@@ -17,6 +17,7 @@ import numpy as np
 
 from runtime import contract as C
 from runtime.artifacts import Artifacts
+from runtime.costs import StepCosts
 from runtime.errors import GenerationError
 from runtime.drafts import AnswerStore, make_drafts
 from runtime.kv import BASE, MODULE, KVPool
@@ -90,9 +91,11 @@ class Generator:
     """Decode with a backend over one export's artifacts. Thread-safe: all decoding state
     lives in a per-call _State; the backend's sessions are shared."""
 
-    def __init__(self, backend, artifacts: Artifacts, codec=None, store: AnswerStore | None = None):
+    def __init__(self, backend, artifacts: Artifacts, codec=None, store: AnswerStore | None = None,
+                 costs: StepCosts | None = None):
         self.backend, self.artifacts, self.codec = backend, artifacts, codec
         self.store = store  # verify's answer store (runtime.drafts.AnswerStore), if the export has one
+        self.costs = costs  # the engine's step costs by width (runtime.costs), if its build measured them
         self.dims = artifacts.dims
         self.capacity = artifacts.max_seq_len
 
@@ -117,7 +120,8 @@ class Generator:
                             "export again with a smaller --max-seq-len")
         info = EngineInfo.load(artifacts, engine, check_hashes) if engine else None
         codec = artifacts.codec() if artifacts.manifest.tokenizer else None
-        return cls(load_backend(artifacts, info, threads), artifacts, codec, artifacts.answer_store())
+        return cls(load_backend(artifacts, info, threads), artifacts, codec, artifacts.answer_store(),
+                   info.step_costs() if info else None)
 
     def close(self) -> None:
         """Free the backend's sessions and device memory; the Generator cannot run afterwards."""
@@ -242,7 +246,7 @@ class Generator:
             drafts, qs, source = make_drafts(
                 s.tokens[0, :s.length], s.request.drafts, self.capacity - s.length,
                 s.request.max_new_tokens - (s.length - s.prompt_end), s.stats, lambda room: self._module_chain(s, room),
-                self.store)
+                self.store, self.costs)
             ids = np.concatenate([s.unseen(BASE), [drafts]], axis=1).astype(np.int64)  # (1, 1 + k)
             logits = self._base_step(s, ids, num_logits=len(drafts) + 1)  # row i checks drafts[i]
             for i, (draft, q) in enumerate(zip(drafts, qs)):

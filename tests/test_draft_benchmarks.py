@@ -40,6 +40,7 @@ def test_step_cost_interpolates_and_clamps():
 def test_configuration_names():
     assert parse_config("lookup n2 k15") == DraftOptions(15, 2, False, answer_store=False)
     assert parse_config("lookup n2 k15 + store") == DraftOptions(15, 2, False)
+    assert parse_config("lookup n2 k15 + store, uncut") == DraftOptions(15, 2, False)
     assert parse_config("lookup n3 k7 + module p0.3") == DraftOptions(7, 3, True, 0.3, answer_store=False)
     assert parse_config("lookup n3 k7 + store + module p0.3") == DraftOptions(7, 3, True, 0.3)
     assert parse_config("module chain k3 p0") == DraftOptions(3, 0, True, 0.0, answer_store=False)

@@ -96,6 +96,10 @@ def test_cpu_builds_run_in_the_runtime(artifacts, precision):
     assert written["source"] == {f: manifest.files[f] for f in ("full_step.onnx", "recycle_step.onnx")}
     gen = Generator.from_artifacts(artifacts, engine=f"cpu-{precision}", threads=1)
     exported = Generator.from_artifacts(artifacts, threads=1)
+    # the build timed its base step by width (the tiny export fits one past of 48 positions)
+    assert gen.costs is not None and exported.costs is None
+    assert gen.costs.pasts == (48,) and gen.costs.news == (1, 2, 3, 4, 6, 8, 12, 16)
+    assert all(ms > 0 for ms in gen.costs.ms[0]) and gen.costs.relative(1, 48) == 1.0
     for strategy in ("standard", "alternate", "verify"):
         result = gen.generate([5, 17, 3], Request(strategy, max_new_tokens=8, stop_token_ids=()))
         assert len(result.tokens) == 8

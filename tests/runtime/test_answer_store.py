@@ -1,6 +1,7 @@
 """verify's answer store (runtime.drafts.AnswerStore): its search against a plain definition,
 the runtime against the reference decoder with store drafts, and the store's way from a
-checkpoint through export into the runtime."""
+checkpoint through export into the runtime; and drafts cut to an engine's step costs
+(runtime.costs, runtime.drafts.worth_drafting)."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ import pytest
 from recycle_export.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from recycle_export.reference import ReferenceDecoder
 from runtime.artifacts import GenerationRecord
-from runtime.drafts import ANSWER_STORE, AnswerStore, answer_store_tokens, write_answer_store
+from runtime.costs import StepCosts
+from runtime.drafts import ANSWER_STORE, AnswerStore, answer_store_tokens, worth_drafting, write_answer_store
 from runtime.errors import ArtifactError, CheckpointError
 from runtime.generator import Generator, Request
 from runtime.request import DraftOptions
@@ -134,3 +136,57 @@ def test_a_bad_store_is_refused_on_load(tiny, tmp_path, tokens, message):
     np.save(ckpt / ANSWER_STORE, tokens)  # what a hand-made file might hold
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(ckpt)
+
+
+FLAT = StepCosts((100,), (1, 16), ((10.0, 10.0),))  # a wider step costs nothing more
+STEEP = StepCosts((100, 1000), (1, 2, 4, 16), ((10.0, 15.0, 25.0, 100.0), (10.0, 20.0, 40.0, 160.0)))
+
+
+def test_step_costs_interpolate():
+    assert STEEP.relative(1, 100) == 1.0 and STEEP.relative(2, 100) == 1.5
+    assert STEEP.relative(3, 100) == 2.0  # between 2 and 4 new tokens
+    assert STEEP.relative(2, 550) == pytest.approx(1.75)  # between the pasts
+    assert STEEP.relative(17, 5000) == 16.0 and STEEP.relative(2, 10) == 1.5  # clamped at the edges
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"pasts": [100], "news": [2, 4], "ms": [[1.0, 2.0]]}, "news from 1"),
+    ({"pasts": [100, 50], "news": [1], "ms": [[1.0], [1.0]]}, "increasing"),
+    ({"pasts": [100], "news": [1, 2], "ms": [[1.0]]}, "1 rows of 2 positive numbers"),
+    ({"pasts": [100], "news": [1, 2], "ms": [[1.0, -2.0]]}, "positive")])
+def test_bad_step_costs_are_refused(table, message):
+    from runtime.records import Fields
+
+    with pytest.raises(ArtifactError, match=message):
+        StepCosts.from_json(Fields(table, "engine.json", "rebuild"))
+
+
+def test_drafts_are_cut_to_what_a_wider_step_is_worth():
+    ten = list(range(10))
+    assert worth_drafting(ten, "lookup", 100, FLAT) == 10  # free width: the whole draft
+    # p = 0.97 (a match of 8 or more): 1 + .97 + .94 + .91 = 3.82 tokens for 2.5 steps at k = 3,
+    # 4.70 for 3.125 at k = 4
+    assert worth_drafting(ten, "lookup", 100, STEEP) == 3
+    # a 2-token store match (p = 0.29): 1.29 tokens for 1.5 steps, not worth it
+    assert worth_drafting([1, 2], "store", 100, STEEP) == 0
+    assert worth_drafting([1, 2], "store", 100, FLAT) == 2
+    assert worth_drafting([1, 2], "lookup", 1000, STEEP) == 0  # 1.57 tokens for 2 steps
+
+
+def test_verify_with_step_costs_equals_reference_and_standard(generator, tiny):
+    """Drafts cut by an engine's step costs: the runtime and the reference make the same
+    cuts, and greedy verify still gives standard's tokens."""
+    store = AnswerStore.from_answers(own_answers(generator, [[5, 17, 3], [41, 9, 60], [88, 12]]))
+    steep = StepCosts((16, 48), (1, 2, 4, 16), ((10.0, 13.0, 17.0, 40.0), (10.0, 14.0, 20.0, 60.0)))
+    with_costs = Generator(generator.backend, generator.artifacts, store=store, costs=steep)
+    uncut = Generator(generator.backend, generator.artifacts, store=store)
+    cut = 0
+    for prompt in ([2, 5, 17, 3], [41, 9, 60], [7, 8, 7, 8, 7, 8, 7], [30, 31]):
+        request = Request("verify", max_new_tokens=24, stop_token_ids=())
+        ours = with_costs.generate(prompt, request)
+        ref = ReferenceDecoder(tiny, store=store, costs=steep).generate(prompt, request)
+        assert ours.tokens == ref.tokens == generator.generate(prompt, Request("standard", max_new_tokens=24,
+                                                                               stop_token_ids=())).tokens
+        assert ours.stats.by_source == ref.stats.by_source and ours.stats.base_calls == ref.stats.base_calls
+        cut += uncut.generate(prompt, request).stats.drafts_proposed - ours.stats.drafts_proposed
+    assert cut > 0
