@@ -6,7 +6,6 @@ builds do not yet (never run on a GPU here)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -35,21 +34,9 @@ def build(artifacts_folder: Path, target_name: str, precision: str | None = None
         return build_plans(artifacts, target, precision, out, progress, **tensorrt_options)
     if tensorrt_options:
         raise EngineBuildError(f"options {sorted(tensorrt_options)} apply to TensorRT targets only")
-    from engines.ort import build_session_files
+    from engines.ort import build_session_files, record_step_costs
 
     record = build_session_files(artifacts, target, precision, out, progress)
     progress("measuring step costs by width")
     return record_step_costs(artifacts, target.engine_name(precision), record)
 
-
-def record_step_costs(artifacts: Artifacts, engine: str, record: EngineRecord) -> EngineRecord:
-    """Time the built engine's base step by width (runtime.costs.measure_step_costs) and add
-    the table to its engine.json, so that verify drafts only what a wider step is worth."""
-    from runtime.costs import measure_step_costs
-    from runtime.generator import Generator
-
-    with Generator.from_artifacts(artifacts.folder, engine) as gen:
-        costs = measure_step_costs(gen)
-    record = dataclasses.replace(record, step_costs=costs.to_json())
-    record.write(engine_dir(artifacts.folder, engine))
-    return record

@@ -4,6 +4,7 @@ for onnxruntime-gpu targets (CUDA, TensorRT EP)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 from pathlib import Path
@@ -13,7 +14,7 @@ from engines.ort_fused import build_fused
 from engines.targets import Target
 from runtime import contract as C
 from runtime.artifacts import Artifacts
-from runtime.engines import ENGINE_JSON, TRT_CACHE, EngineRecord, engine_files
+from runtime.engines import ENGINE_JSON, TRT_CACHE, EngineRecord, engine_dir, engine_files
 from runtime.errors import EngineBuildError
 from runtime.files import hash_files, staged_folder
 
@@ -55,6 +56,19 @@ def build_session_files(artifacts: Artifacts, target: Target, precision: str, ou
                                      session=session_settings(target, precision, out), accuracy=accuracy,
                                      kv_contract=kv_contract)
         record.write(tmp)
+    return record
+
+
+def record_step_costs(artifacts: Artifacts, engine: str, record: EngineRecord) -> EngineRecord:
+    """Time the built engine's base step by width (runtime.costs.measure_step_costs) and add
+    the table to its engine.json, so that verify drafts only what a wider step is worth."""
+    from runtime.costs import measure_step_costs
+    from runtime.generator import Generator
+
+    with Generator.from_artifacts(artifacts.folder, engine) as gen:
+        costs = measure_step_costs(gen)
+    record = dataclasses.replace(record, step_costs=costs.to_json())
+    record.write(engine_dir(artifacts.folder, engine))
     return record
 
 
