@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ from engines.ort_fused import build_fused
 from engines.targets import Target
 from runtime import contract as C
 from runtime.artifacts import Artifacts
-from runtime.engines import ENGINE_JSON, TRT_CACHE, EngineRecord, engine_dir, engine_files
+from runtime.engines import ENGINE_JSON, TRT_CACHE, EngineRecord, cpu_signature, engine_dir, engine_files
 from runtime.errors import EngineBuildError
 from runtime.files import hash_files, staged_folder
 
@@ -50,13 +51,44 @@ def build_session_files(artifacts: Artifacts, target: Target, precision: str, ou
         if fused and precision != "fp32":
             progress("measuring accuracy against the float graphs")
             accuracy = accuracy_report(artifacts, tmp, graphs, _accuracy_prompts(artifacts), kv_contract)
+        session = session_settings(target, precision, out)
+        if fused and precision == "fp32":
+            progress("saving the base graph's weights pre-packed")
+            save_prepacked(tmp, graphs[C.FULL_STEP])
+            session["prepacked"] = {"cpu": cpu_signature(), "onnxruntime": onnxruntime.__version__}
         device = {"name": platform.processor() or platform.machine(), "compute_capability": None}
         record = EngineRecord.create(artifacts, target.name, precision, "onnxruntime", onnxruntime.__version__,
-                                     device, graphs, hash_files(tmp),
-                                     session=session_settings(target, precision, out), accuracy=accuracy,
+                                     device, graphs, hash_files(tmp), session=session, accuracy=accuracy,
                                      kv_contract=kv_contract)
         record.write(tmp)
     return record
+
+
+def save_prepacked(folder: Path, graph: str) -> None:
+    """Replace `folder/graph` by ONNX Runtime's optimized CPU graph with its weights saved as
+    the CPU kernels pre-pack them (in `graph`.data). Loaded, the session maps them from disk
+    and packs nothing: without this it holds each float MatMul weight twice, as read and as
+    packed (SmolLM2 fp32: 945 -> 770 MiB peak for a generation, docs/design.md section 5).
+    The packing is the CPU's and onnxruntime's: the runtime refuses such an engine under
+    another of either (runtime.backends.onnxruntime.check_prepacked)."""
+    import onnxruntime as ort
+
+    staged = folder / f"prepacked-{graph}"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(staged)
+    for key, value in (("session.optimized_model_external_initializers_file_name", f"{graph}.data"),
+                       ("session.optimized_model_external_initializers_min_size_in_bytes", "1024"),
+                       ("session.save_prepacked_constant_initializers", "1")):
+        options.add_session_config_entry(key, value)
+    ort.set_default_logger_severity(3)  # its warning that the result is for this machine: we record that
+    try:
+        ort.InferenceSession(str(folder / graph), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise EngineBuildError(f"onnxruntime could not save {graph} pre-packed: {exc}") from None
+    finally:
+        ort.set_default_logger_severity(2)
+    os.replace(staged, folder / graph)
 
 
 def record_step_costs(artifacts: Artifacts, engine: str, record: EngineRecord) -> EngineRecord:

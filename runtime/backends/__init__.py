@@ -19,6 +19,10 @@ def load_backend(artifacts, engine=None, threads: int | None = None) -> Backend:
     if engine is None:
         return OrtBackend(artifacts, threads=threads)
     if engine.backend == "onnxruntime":
+        from runtime.backends.onnxruntime import check_prepacked
+        from runtime.engines import rebuild_hint
+
+        check_prepacked(engine.record, rebuild_hint(artifacts.folder, engine.folder.name))
         session = engine.record.session
         return OrtBackend(artifacts, providers=tuple(session["providers"]), threads=threads,
                           model_paths=engine.graph_paths(), provider_options=session["provider_options"],

@@ -153,3 +153,24 @@ class OrtBackend(Backend):
                       hidden_name: np.empty((batch, new, dims.dim), dtype=dims.dtype)}
             cache[key] = {name: (a, self._ort.OrtValue.ortvalue_from_numpy(a)) for name, a in arrays.items()}
         return cache[key]
+
+
+def check_prepacked(record, rebuild: str) -> None:
+    """Refuse an ONNX Runtime engine (its runtime.engines.EngineRecord) whose weights were saved
+    pre-packed (engines.ort.save_prepacked)
+    for another CPU or onnxruntime: its packed layout is theirs.
+
+    Raises: ArtifactError naming what differs and the rebuild command.
+    """
+    import onnxruntime
+
+    from runtime.engines import cpu_signature
+
+    prepacked = (record.session or {}).get("prepacked")
+    if not prepacked:
+        return
+    here = {"cpu": cpu_signature(), "onnxruntime": onnxruntime.__version__}
+    for key, value in here.items():
+        if prepacked.get(key) != value:
+            raise ArtifactError(f"engine {record.target}-{record.precision} holds weights pre-packed for "
+                                f"{key} {prepacked.get(key)!r}, but this machine has {value!r}; {rebuild}")

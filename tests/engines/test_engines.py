@@ -14,7 +14,7 @@ from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.contract import select_profile
 from runtime.backends.tensorrt import check_plan_compatibility
-from runtime.engines import EngineInfo, EngineRecord
+from runtime.engines import EngineInfo, EngineRecord, cpu_signature
 from runtime.errors import ArtifactError, EngineBuildError, TargetError
 from runtime.generator import Generator, Request
 
@@ -128,3 +128,24 @@ def test_engine_checks_against_its_sources(artifacts):
         EngineInfo.load(Artifacts(artifacts, changed), "cpu-fp32")
     with pytest.raises(ArtifactError, match="no engine for target 'cpu-int2'"):
         Generator.from_artifacts(artifacts, engine="cpu-int2", check_hashes=False)
+
+
+def test_fp32_weights_are_saved_prepacked_for_this_machine(artifacts):
+    """The fp32 CPU build saves the base graph's weights pre-packed (engines.ort.save_prepacked);
+    the engine then runs only on a CPU and an onnxruntime like the build's."""
+    build(artifacts, "cpu", "fp32")
+    folder = artifacts / "engines" / "cpu-fp32"
+    assert (folder / "full_step.onnx.data").is_file()
+    path = folder / "engine.json"
+    original = path.read_text()
+    assert json.loads(original)["session"]["prepacked"]["cpu"] == cpu_signature()
+    for key, other in (("cpu", "x86_64 sse4_1"), ("onnxruntime", "1.0.0")):
+        data = json.loads(original)
+        data["session"]["prepacked"][key] = other
+        path.write_text(json.dumps(data))
+        try:
+            with pytest.raises(ArtifactError, match=f"pre-packed for {key} '{other}'.*re-run `cli.py build"):
+                Generator.from_artifacts(artifacts, engine="cpu-fp32")
+        finally:
+            path.write_text(original)
+    assert Generator.from_artifacts(artifacts, engine="cpu-fp32").generate([5, 17], Request(max_new_tokens=3)).tokens
