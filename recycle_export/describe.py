@@ -6,6 +6,7 @@ from pathlib import Path
 
 from runtime import contract as C
 from runtime.artifacts import read_manifest
+from runtime.drafts import read_answer_store
 
 
 def graph_io(path: Path) -> tuple[list[tuple], list[tuple]]:
@@ -52,6 +53,9 @@ def describe(folder: Path) -> str:
         for kind, rows in (("in ", inputs), ("out", outputs)):
             for n, dtype, shape in rows:
                 lines.append(f"  {kind} {n:<28} {dtype:<8} {list(shape)}")
+    if m.answer_store:
+        store = read_answer_store(folder / m.answer_store, cfg["vocab_size"])
+        lines.append(f"answer store (verify's drafts): {m.answer_store}, {len(store)} positions")
     v = m.validation
     lines.append(f"validation: {'passed' if v['passed'] else 'FAILED'} (tolerance "
                  f"{v['tolerance']['relative_to_max_abs_reference']:g} x max(1, max |reference|))")

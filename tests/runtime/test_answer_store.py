@@ -116,6 +116,9 @@ def test_the_store_goes_from_checkpoint_through_export(tiny, tmp_path):
     assert manifest.answer_store == ANSWER_STORE and ANSWER_STORE in manifest.files
     store = Generator.from_artifacts(tmp_path / "artifacts").store
     assert store is not None and store.tokens.tolist() == [5, 6, 7, -1, 8, 9, -1]
+    from recycle_export.describe import describe
+
+    assert "answer store (verify's drafts): answers.npy, 6 positions" in describe(tmp_path / "artifacts")
     (tmp_path / "artifacts" / ANSWER_STORE).write_bytes(b"changed")
     with pytest.raises(ArtifactError, match="changed since export"):
         Generator.from_artifacts(tmp_path / "artifacts")
