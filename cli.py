@@ -195,6 +195,10 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--float32", "float32_steps", is_flag=True, help="Train in float32 (default: bfloat16 autocast).")
 @click.option("--init", type=click.Choice(["base-layer", "checkpoint"]), default="base-layer", show_default=True,
               help="Start the module from the base's last layer, or go on from the checkpoint's trained module.")
+@click.option("--module-layers", type=int, default=None,
+              help="Decoder layers of the module (default: the checkpoint's). With --init checkpoint, more than "
+                   "it has grows the module: each added layer starts as a copy of the last that passes its input "
+                   "through; with --init base-layer, the base's last N layers.")
 @click.option("--draft-vocab", type=int, default=8192, show_default=True,
               help="The module's LM head scores only the K tokens most frequent in the training answers "
                    "(FR-Spec); 0: the whole vocabulary.")
@@ -211,8 +215,8 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
 @click.option("--threads", type=int, default=None)
 def train_recycler_cmd(model_path, out, module_out, answers_out, data_sets, train_prompts, heldout_prompts, max_new_tokens, epochs,
                        batch_size, lr, distill_weight, feature_weight, logit_fraction, joint, seed, generation_dtype,
-                       float32_steps, init, draft_vocab, unroll, batch_positions, answers_artifacts, answers_engine,
-                       threads) -> None:
+                       float32_steps, init, module_layers, draft_vocab, unroll, batch_positions, answers_artifacts,
+                       answers_engine, threads) -> None:
     """Train the recyclable module on the base's own answers (resumes an interrupted run)."""
     from tqdm import tqdm
 
@@ -223,7 +227,8 @@ def train_recycler_cmd(model_path, out, module_out, answers_out, data_sets, trai
     options = TrainOptions(train_prompts, heldout_prompts, max_new_tokens, epochs, batch_size, lr,
                            distill_weight, feature_weight, logit_fraction, joint, seed, threads=threads,
                            generation_dtype=generation_dtype, bfloat16=not float32_steps, init=init,
-                           draft_vocab=draft_vocab, unroll=unroll, batch_positions=batch_positions,
+                           module_layers=module_layers, draft_vocab=draft_vocab, unroll=unroll,
+                           batch_positions=batch_positions,
                            answers_artifacts=answers_artifacts, answers_engine=answers_engine,
                            **({"data": data_sets} if data_sets else {}))
     bars: dict[str, tqdm] = {}

@@ -80,6 +80,9 @@ class TrainOptions:
     generation_dtype: str = "bfloat16"  # the base's dtype while it writes the answers
     bfloat16: bool = True  # autocast the training steps' matmuls (float32 master weights)
     init: str = "base-layer"  # or "checkpoint": go on from the checkpoint's trained module
+    # Decoder layers of the module (None: the checkpoint's recycle_layers). With init
+    # "checkpoint", more than the checkpoint has grows its module (set_recycle_layers).
+    module_layers: int | None = None
     # The module's LM head scores only the K tokens most frequent in the training answers
     # (Recycler.draft_tokens); 0: the whole vocabulary. On SmolLM2 (49152 tokens) 8192 cost
     # 0.001 of held-out agreement (0.5335 -> 0.5327) and 5/6 of the module's LM head.
@@ -129,6 +132,8 @@ class TrainOptions:
             raise ConfigError(f"logit_fraction must be in (0, 1], got {self.logit_fraction}")
         if self.init not in ("base-layer", "checkpoint"):
             raise ConfigError(f"init must be 'base-layer' or 'checkpoint', got {self.init!r}")
+        if self.module_layers is not None and self.module_layers < 1:
+            raise ConfigError(f"module_layers must be >= 1, got {self.module_layers}")
         if self.draft_vocab < 0:
             raise ConfigError(f"draft_vocab must be >= 0 (0: the whole vocabulary), got {self.draft_vocab}")
         check_threads(self.threads)
@@ -145,6 +150,22 @@ def init_recycler_from_base(model: RecycleGPT) -> None:
         eye = torch.eye(model.cfg.dim)
         model.recycler.fuse.weight.copy_(torch.cat([eye, eye], dim=1))  # (dim, 2 dim)
         model.recycler.norm.weight.copy_(model.base.norm.weight)
+
+
+def set_recycle_layers(model: RecycleGPT, layers: int) -> None:
+    """Give the module `layers` decoder layers, in place. Growing keeps it the same function:
+    the trained layers keep their weights, and each added one copies the last with its
+    attention output and MLP down projections zeroed, so it passes the residual through
+    until training moves them. Fewer layers drop the last ones (another function).
+    model.cfg.recycle_layers follows, so the checkpoint, export and runtime size the module by it."""
+    with torch.no_grad():
+        del model.recycler.layers[layers:]
+        while len(model.recycler.layers) < layers:
+            added = copy.deepcopy(model.recycler.layers[-1])
+            added.self_attn.o_proj.weight.zero_()
+            added.mlp.down_proj.weight.zero_()
+            model.recycler.layers.append(added)
+    model.cfg = dataclasses.replace(model.cfg, recycle_layers=layers)
 
 
 def _batch(seqs: list[Sequence], dim: int):
@@ -467,10 +488,18 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
     for p in model.base.parameters():
         p.requires_grad_(options.joint)
     torch.manual_seed(options.seed)
+    layers = options.module_layers or model.cfg.recycle_layers
+    if options.init == "checkpoint":
+        if not ckpt.recycler_trained:
+            raise CheckpointError(f"{model_path} has no trained recyclable module to go on from (init 'checkpoint')")
+        if layers < model.cfg.recycle_layers:
+            raise ConfigError(f"the module of {model_path} has {model.cfg.recycle_layers} layers: init 'checkpoint' "
+                              f"can grow it but not cut it to {layers} (init 'base-layer' can)")
+    elif layers > model.cfg.n_layers:
+        raise ConfigError(f"init 'base-layer' copies the base's last {layers} layers, but it has {model.cfg.n_layers}")
+    set_recycle_layers(model, layers)
     if options.init == "base-layer":
         init_recycler_from_base(model)
-    elif not ckpt.recycler_trained:
-        raise CheckpointError(f"{model_path} has no trained recyclable module to go on from (init 'checkpoint')")
     heldout = _data(model, codec, ckpt.generation.eos_token_ids, "heldout", options, work, progress)
     train_sets = _data(model, codec, ckpt.generation.eos_token_ids, "train", options, work, progress)
     train = [s for seqs in train_sets.values() for s in seqs]

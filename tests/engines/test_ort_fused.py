@@ -11,7 +11,8 @@ from runtime.errors import EngineBuildError
 
 @pytest.fixture(scope="module")
 def untied_draft_artifacts(tmp_path_factory):
-    """A tiny model with an untied LM head and a draft vocabulary: the other head paths."""
+    """A tiny model with an untied LM head, a draft vocabulary and a module of two layers:
+    the other head paths, and a module KV of more than one layer."""
     import torch
 
     from recycle_export.checkpoint import Checkpoint, save_checkpoint
@@ -19,7 +20,7 @@ def untied_draft_artifacts(tmp_path_factory):
     from runtime.artifacts import GenerationRecord
     from tests.conftest import tiny_model
 
-    model = tiny_model(seed=3, tie_embeddings=False)
+    model = tiny_model(seed=3, tie_embeddings=False, recycle_layers=2)
     model.recycler.set_draft_tokens(torch.arange(0, 96, 3))
     root = tmp_path_factory.mktemp("untied")
     save_checkpoint(Checkpoint(model, False, GenerationRecord(eos_token_ids=(2,))), root / "ckpt")

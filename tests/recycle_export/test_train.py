@@ -83,6 +83,8 @@ def test_invalid_options():
         TrainOptions(generation_dtype="int8")
     with pytest.raises(ConfigError, match="draft_vocab must be >= 0"):
         TrainOptions(draft_vocab=-1)
+    with pytest.raises(ConfigError, match="module_layers must be >= 1"):
+        TrainOptions(module_layers=0)
 
 
 def test_draft_vocabulary_is_the_most_frequent_answer_tokens():
@@ -136,6 +138,54 @@ def test_training_goes_on_from_a_trained_module(tiny_chat_checkpoint, tmp_path):
     assert load_checkpoint(tmp_path / "first").recycler_trained
     with pytest.raises(CheckpointError, match="no trained recyclable module"):
         train_recycler(tiny_chat_checkpoint, tmp_path / "none", dataclasses.replace(OPTIONS, init="checkpoint"))
+
+
+def test_a_grown_module_is_the_same_function(tiny_chat_checkpoint):
+    """Each added layer passes its input through (zeroed output projections), so the module's
+    logits and state are unchanged, and its trained layer keeps its weights."""
+    import torch
+
+    from recycle_export.train import set_recycle_layers
+
+    model = load_checkpoint(tiny_chat_checkpoint).model
+    torch.manual_seed(0)
+    x = torch.randint(0, model.cfg.vocab_size, (2, 7))
+    h = torch.randn(2, 7, model.cfg.dim)
+    positions, mask = torch.arange(7).expand(2, 7), torch.ones(2, 7, dtype=torch.long)
+    first = {k: v.clone() for k, v in model.recycler.layers[0].state_dict().items()}
+
+    def step():
+        with torch.no_grad():
+            return model.recycle_step(x, h, positions, mask, model.empty_kv(model.cfg.recycle_layers, 2), 7)
+
+    before = step()
+    set_recycle_layers(model, 3)
+    after = step()
+    assert model.cfg.recycle_layers == 3 and len(after.present) == 3
+    torch.testing.assert_close(after.logits, before.logits, rtol=0, atol=0)
+    torch.testing.assert_close(after.hidden, before.hidden, rtol=0, atol=0)
+    for name, value in model.recycler.layers[0].state_dict().items():
+        assert torch.equal(value, first[name]), name
+    assert model.recycler.layers[2].mlp.gate_proj.weight.abs().sum() > 0  # a copy, not a fresh layer
+
+
+def test_training_grows_the_module_and_the_two_layer_export_validates(tiny_chat_checkpoint, tmp_path):
+    """--module-layers 2 from a trained 1-layer module: training starts where that module
+    ended, the checkpoint holds 2 module layers, and its export validates against PyTorch."""
+    import dataclasses
+
+    from recycle_export.export import export
+
+    first = train_recycler(tiny_chat_checkpoint, tmp_path / "first", dataclasses.replace(OPTIONS, epochs=1))
+    grown = dataclasses.replace(OPTIONS, epochs=1, init="checkpoint", module_layers=2)
+    again = train_recycler(tmp_path / "first", tmp_path / "first", grown)  # in place: reuses the data
+    assert again["heldout_before"]["top1_agreement"] == pytest.approx(first["heldout_after"]["top1_agreement"])
+    assert again["heldout_before"]["cross_entropy"] == pytest.approx(first["heldout_after"]["cross_entropy"])
+    assert load_checkpoint(tmp_path / "first").config.recycle_layers == 2
+    manifest = export(tmp_path / "first", tmp_path / "artifacts")
+    assert manifest.config["recycle_layers"] == 2
+    with pytest.raises(ConfigError, match="can grow it but not cut it to 1"):
+        train_recycler(tmp_path / "first", tmp_path / "cut", dataclasses.replace(grown, module_layers=1))
 
 
 def test_chain_training_states_equal_a_chain_run_step_by_step(tiny_chat_checkpoint):
