@@ -342,8 +342,11 @@ class _Work:
             raise CheckpointError(f"{self.dir} holds data generated with {json.loads(marker.read_text())}, "
                                   f"not {data}; delete it or use the same options")
         write_json(marker, data)
+        # module_layers None (the checkpoint's) is left out, so work folders written before the
+        # option existed still resume.
         self.fingerprint = {k: v for k, v in dataclasses.asdict(options).items()
-                            if k not in ("threads", "checkpoint_every", "draft_vocab")}
+                            if k not in ("threads", "checkpoint_every", "draft_vocab")
+                            and not (k == "module_layers" and v is None)}
 
     def shard(self, split: str, template_set: str, index: int, texts: list[str]) -> Path:
         digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]
