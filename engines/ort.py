@@ -68,7 +68,7 @@ def save_prepacked(folder: Path, graph: str) -> None:
     """Replace `folder/graph` by ONNX Runtime's optimized CPU graph with its weights saved as
     the CPU kernels pre-pack them (in `graph`.data). Loaded, the session maps them from disk
     and packs nothing: without this it holds each float MatMul weight twice, as read and as
-    packed (SmolLM2 fp32: 945 -> 770 MiB peak for a generation, docs/design.md section 5).
+    packed (SmolLM2 fp32: 874 -> 770 MiB peak for a generation at the same speed; README).
     The packing is the CPU's and onnxruntime's: the runtime refuses such an engine under
     another of either (runtime.backends.onnxruntime.check_prepacked)."""
     import onnxruntime as ort
