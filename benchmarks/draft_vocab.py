@@ -22,16 +22,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recycle_export.checkpoint import load_config  # noqa: E402
-from recycle_export.distill_data import load_sequences  # noqa: E402
-from recycle_export.train import draft_vocabulary  # noqa: E402
+from recycle_export.train import draft_vocabulary, load_split  # noqa: E402
 
 
 def load_sets(folder: Path, split: str) -> dict:
-    """The sequences of each data set of a split: the shards train-recycler writes, named
-    split-set-index-digest (recycle_export.train)."""
-    sets: dict = {}
-    for path in sorted(folder.glob(f"{split}-*.safetensors")):
-        sets.setdefault(path.name[len(split) + 1:].rsplit("-", 2)[0], []).extend(load_sequences(path))
+    """The sequences of each data set of a split (recycle_export.train.load_split)."""
+    sets = load_split(folder, split)
     if not sets:
         raise SystemExit(f"no {split}-*.safetensors in {folder}: give a train-recycler data folder")
     return sets

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runtime.costs import StepCosts  # noqa: E402
 from runtime.drafts import STORE_NGRAM, AnswerStore, lookup_draft  # noqa: E402
 from runtime.request import MAX_DRAFT  # noqa: E402
 
@@ -59,13 +59,10 @@ def fixed_draft(tokens: np.ndarray, room: int, ngram: int = 2) -> list[int]:
 
 def load_answers(folder: Path, split: str) -> list[tuple[str, np.ndarray, int]]:
     """(kind, prompt + answer token ids, prompt length) of every sequence of the split: the
-    shards train-recycler writes, named split-kind-index-digest (recycle_export.train)."""
-    from recycle_export.distill_data import load_sequences
+    shards train-recycler writes (recycle_export.train.load_split)."""
+    from recycle_export.train import load_split
 
-    out = []
-    for path in sorted(folder.glob(f"{split}-*.safetensors")):
-        kind = path.name[len(split) + 1:].rsplit("-", 2)[0]
-        out += [(kind, s.tokens.numpy(), s.prompt_len) for s in load_sequences(path)]
+    out = [(kind, s.tokens.numpy(), s.prompt_len) for kind, seqs in load_split(folder, split).items() for s in seqs]
     if not out:
         raise SystemExit(f"no {split}-*.safetensors in {folder}: give a train-recycler data folder")
     return out
@@ -93,17 +90,10 @@ def task_set_answers(artifacts: str, engine: str | None, task_set: str,
 
 def step_cost(table: dict[int, dict[int, float]]):
     """Base-step milliseconds for `new` tokens over `past` positions, interpolated linearly in
-    both from the measured table (clamped at its edges)."""
+    both from the measured table (clamped at its edges): runtime.costs.StepCosts.milliseconds."""
     pasts = sorted(table)
     news = sorted(table[pasts[0]])
-
-    def along(points, x, value):
-        x = min(max(x, points[0]), points[-1])
-        hi = next(p for p in points if p >= x)
-        lo = max(p for p in points if p <= x)
-        return value(lo) if hi == lo else value(lo) + (value(hi) - value(lo)) * (x - lo) / (hi - lo)
-
-    return lambda new, past: along(pasts, past, lambda p: along(news, new, lambda n: table[p][n]))
+    return StepCosts(tuple(pasts), tuple(news), tuple(tuple(table[p][n] for n in news) for p in pasts)).milliseconds
 
 
 def walk(tokens: np.ndarray, prompt_len: int, draft, cost) -> tuple[int, float, float]:
@@ -160,19 +150,14 @@ def acceptance_table(answers, store: AnswerStore, longest: int = 8) -> None:
 
 
 def measure_costs(artifacts: str, engine: str | None, out: Path) -> None:
+    from runtime.costs import measure_step_costs
     from runtime.generator import Generator
-    from runtime.kv import BASE
-
-    from runtime.costs import step, timed_steps
 
     gen = Generator.from_artifacts(artifacts, engine, check_hashes=False)
-    table = {}
-    for past in PASTS:
-        pool = gen.backend.new_kv_pool(gen.dims, 1, past + max(NEWS))
-        step(gen, pool, BASE, past)
-        times = timed_steps(gen, pool, {new: (BASE, new) for new in NEWS}, repeats=10)
-        table[past] = {new: statistics.median(times[new]) * 1e3 for new in NEWS}
-        print(f"past {past}: " + "  ".join(f"{n} new {ms:.2f} ms" for n, ms in table[past].items()))
+    costs = measure_step_costs(gen, repeats=10, pasts=PASTS, news=NEWS)
+    table = {past: dict(zip(costs.news, row)) for past, row in zip(costs.pasts, costs.ms)}
+    for past, row in table.items():
+        print(f"past {past}: " + "  ".join(f"{n} new {ms:.2f} ms" for n, ms in row.items()))
     out.write_text(json.dumps({"engine": engine, "ms": table}, indent=1))
     print(f"wrote {out}")
 

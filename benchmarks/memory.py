@@ -19,8 +19,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -43,6 +41,7 @@ def main() -> None:
 
     from runtime.generator import Generator
     from runtime.kv import BASE, MODULE
+    from runtime.limits import decode_state_bytes
     from runtime.request import Request
     from runtime.tasks import encode_task_set
 
@@ -56,9 +55,7 @@ def main() -> None:
 
     folder = Path(args.artifacts) / "engines" / args.engine
     weights = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".onnx", ".bin", ".data")) / 2**20
-    dims = gen.dims
-    per_position = 2 * dims.n_kv_heads * dims.head_dim * np.dtype(dims.dtype).itemsize  # K and V
-    kv = gen.capacity * per_position * (dims.n_layers + dims.recycle_layers) / 2**20
+    kv = decode_state_bytes(gen.dims, gen.capacity)[0] / 2**20  # base and module, K and V
     need = weights + kv
     print(f"{args.engine}: {len(tasks.prompts[0])} prompt tokens + {len(result.tokens)} generated ({args.strategy}); "
           f"caches for {gen.capacity} positions ({BASE} and {MODULE})")

@@ -15,7 +15,8 @@ from engines.ort_fused import build_fused
 from engines.targets import Target
 from runtime import contract as C
 from runtime.artifacts import Artifacts
-from runtime.engines import ENGINE_JSON, TRT_CACHE, EngineRecord, cpu_signature, engine_dir, engine_files
+from runtime.backends.onnxruntime import cpu_signature
+from runtime.engines import ENGINE_JSON, TRT_CACHE, EngineRecord, engine_dir, engine_files
 from runtime.errors import EngineBuildError
 from runtime.files import hash_files, staged_folder
 

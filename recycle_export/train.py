@@ -389,6 +389,15 @@ def _epoch_batches(train: list[Sequence], options: TrainOptions, epoch: int) -> 
     return batches
 
 
+def load_split(folder: Path, split: str) -> dict[str, list[Sequence]]:
+    """The sequences of each data set of a split in a work folder, from the shards _Work.shard
+    names split-set-index-digest ({} when there are none)."""
+    sets: dict[str, list[Sequence]] = {}
+    for path in sorted(Path(folder).glob(f"{split}-*.safetensors")):
+        sets.setdefault(path.name[len(split) + 1:].rsplit("-", 2)[0], []).extend(load_sequences(path))
+    return sets
+
+
 def draft_vocabulary(seqs: list[Sequence], vocab_size: int, size: int) -> torch.Tensor | None:
     """The `size` tokens most frequent in the answers, sorted (None: the whole vocabulary).
     Ties go to the lower id, so the choice is deterministic."""

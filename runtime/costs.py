@@ -30,11 +30,26 @@ class StepCosts:
     news: tuple[int, ...]
     ms: tuple[tuple[float, ...], ...]  # ms[i][j]: pasts[i] positions, news[j] new tokens
 
+    def milliseconds(self, new: int, past: int) -> float:
+        """A step of `new` tokens over `past` positions: linear in both between the measured
+        points, clamped at their edges."""
+        return _along(self.pasts, past, lambda i: _along(self.news, new, lambda j: self.ms[i][j]))
+
     def relative(self, new: int, past: int) -> float:
         """The cost of a step of `new` tokens over `past` positions, in steps of 1 token over
         as many: linear in both between the measured points, clamped at their edges."""
-        return _along(self.pasts, past, lambda i: _along(self.news, new, lambda j: self.ms[i][j])
-                      / _along(self.news, 1, lambda j: self.ms[i][j]))
+        ratios = self._ratios(past)
+        return _along(self.news, new, lambda j: ratios[j])
+
+    def relative_widths(self, past: int) -> list[float]:
+        """relative(new, past) for new = 1 .. news[-1], at index new - 1: one interpolation
+        over the pasts for all the widths a draft weighs (runtime.drafts.worth_drafting)."""
+        ratios = self._ratios(past)
+        return [_along(self.news, new, lambda j: ratios[j]) for new in range(1, self.news[-1] + 1)]
+
+    def _ratios(self, past: int) -> list[float]:
+        """Each measured width's cost relative to 1 new token (news[0]), over `past` positions."""
+        return [_along(self.pasts, past, lambda i: self.ms[i][j] / self.ms[i][0]) for j in range(len(self.news))]
 
     def to_json(self) -> dict:
         return {"pasts": list(self.pasts), "news": list(self.news), "ms": [list(row) for row in self.ms]}
@@ -95,11 +110,13 @@ def timed_steps(gen, pool, steps: dict, repeats: int, warmup: int = 3) -> dict:
     return times
 
 
-def measure_step_costs(gen, repeats: int = 5) -> StepCosts:
-    """The base step's median milliseconds for each of NEWS new tokens over each of PASTS
-    past positions that fit the export, on `gen` (a runtime.generator.Generator)."""
-    pasts = tuple(p for p in PASTS if p + NEWS[-1] <= gen.capacity) or (max(gen.capacity - NEWS[-1], 1),)
-    news = tuple(n for n in NEWS if n <= C.DECODE_MAX_NEW)
+def measure_step_costs(gen, repeats: int = 5, pasts: tuple[int, ...] = PASTS,
+                       news: tuple[int, ...] = NEWS) -> StepCosts:
+    """The base step's median milliseconds for each of `news` new tokens (those within
+    contract.DECODE_MAX_NEW) over each of `pasts` past positions that fit the export, on
+    `gen` (a runtime.generator.Generator)."""
+    news = tuple(n for n in news if n <= C.DECODE_MAX_NEW)
+    pasts = tuple(p for p in pasts if p + news[-1] <= gen.capacity) or (max(gen.capacity - news[-1], 1),)
     rows = []
     for past in pasts:
         pool = gen.backend.new_kv_pool(gen.dims, 1, past + news[-1])

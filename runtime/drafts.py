@@ -196,11 +196,12 @@ def worth_drafting(draft: list[int], source: str, past: int, costs) -> int:
     relative to a 1-token step. 0: none is worth it."""
     table = ACCEPTANCE[source]
     p = table[min(max(len(draft), 2), len(table) + 1) - 2]
+    widths = costs.relative_widths(past)  # widths[n - 1]: a step of n new tokens
     best, best_k, expected, chance = 1.0, 0, 1.0, 1.0
     for k in range(1, len(draft) + 1):
         chance *= p
         expected += chance
-        value = expected / costs.relative(k + 1, past)
+        value = expected / widths[min(k, len(widths) - 1)]
         if value > best:
             best, best_k = value, k
     return best_k

@@ -43,27 +43,6 @@ def engine_files(folder: Path) -> set[str] | None:
     return None if listed is None else listed | {ENGINE_JSON, TRT_CACHE}
 
 
-# The instruction-set flags that decide how onnxruntime's CPU kernels pack weights.
-_PACKING_FLAGS = ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                  "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "sve2")
-
-
-def cpu_signature() -> str:
-    """This machine's CPU as far as weight packing goes: its architecture and the SIMD flags
-    of _PACKING_FLAGS it has (/proc/cpuinfo; the architecture alone elsewhere)."""
-    import platform
-
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return " ".join([platform.machine()] + [f for f in _PACKING_FLAGS if f in flags])
-
-
 @dataclass(frozen=True)
 class EngineRecord:
     """engine.json: what an engine folder holds, what it was built from and for what device."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+from pathlib import Path
 
 import numpy as np
 
@@ -155,16 +157,33 @@ class OrtBackend(Backend):
         return cache[key]
 
 
+# The instruction-set flags that decide how onnxruntime's CPU kernels pack weights.
+_PACKING_FLAGS = ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                  "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "sve2")
+
+
+def cpu_signature() -> str:
+    """This machine's CPU as far as weight packing goes: its architecture and the SIMD flags
+    of _PACKING_FLAGS it has (/proc/cpuinfo; the architecture alone elsewhere)."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return " ".join([platform.machine()] + [f for f in _PACKING_FLAGS if f in flags])
+
+
 def check_prepacked(record, rebuild: str) -> None:
     """Refuse an ONNX Runtime engine (its runtime.engines.EngineRecord) whose weights were saved
-    pre-packed (engines.ort.save_prepacked)
-    for another CPU or onnxruntime: its packed layout is theirs.
+    pre-packed (engines.ort.save_prepacked) for another CPU or onnxruntime: its packed layout
+    is theirs.
 
     Raises: ArtifactError naming what differs and the rebuild command.
     """
     import onnxruntime
-
-    from runtime.engines import cpu_signature
 
     prepacked = (record.session or {}).get("prepacked")
     if not prepacked:

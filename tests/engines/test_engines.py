@@ -14,7 +14,8 @@ from runtime import contract as C
 from runtime.artifacts import Artifacts
 from runtime.contract import select_profile
 from runtime.backends.tensorrt import check_plan_compatibility
-from runtime.engines import EngineInfo, EngineRecord, cpu_signature
+from runtime.backends.onnxruntime import cpu_signature
+from runtime.engines import EngineInfo, EngineRecord
 from runtime.errors import ArtifactError, EngineBuildError, TargetError
 from runtime.generator import Generator, Request
 
