@@ -212,11 +212,14 @@ def build(artifacts, target, precision, list_targets, max_batch, timing_cache) -
                    "PyTorch: several times faster on a CPU (needs the onnxruntime extra).")
 @click.option("--answers-engine", help="With --answers-artifacts: an engine built under it, e.g. cpu-fp32 "
                                        "(default: the exported graphs).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where PyTorch trains (and writes answers without --answers-artifacts): cpu, cuda or cuda:N. "
+                   "The work folder is the same, so a run resumes on either.")
 @click.option("--threads", type=int, default=None)
 def train_recycler_cmd(model_path, out, module_out, answers_out, data_sets, train_prompts, heldout_prompts, max_new_tokens, epochs,
                        batch_size, lr, distill_weight, feature_weight, logit_fraction, joint, seed, generation_dtype,
                        float32_steps, init, module_layers, draft_vocab, unroll, batch_positions, answers_artifacts,
-                       answers_engine, threads) -> None:
+                       answers_engine, device, threads) -> None:
     """Train the recyclable module on the base's own answers (resumes an interrupted run)."""
     from tqdm import tqdm
 
@@ -229,7 +232,7 @@ def train_recycler_cmd(model_path, out, module_out, answers_out, data_sets, trai
                            generation_dtype=generation_dtype, bfloat16=not float32_steps, init=init,
                            module_layers=module_layers, draft_vocab=draft_vocab, unroll=unroll,
                            batch_positions=batch_positions,
-                           answers_artifacts=answers_artifacts, answers_engine=answers_engine,
+                           answers_artifacts=answers_artifacts, answers_engine=answers_engine, device=device,
                            **({"data": data_sets} if data_sets else {}))
     bars: dict[str, tqdm] = {}
 

@@ -50,12 +50,13 @@ def generate_sequences(model: RecycleGPT, prompt_ids: list[list[int]], max_new_t
     state of every position. Prompts are batched by length (length_batches) and left-padded
     per batch; a row stops at its first stop token (kept)."""
     out: dict[int, Sequence] = {}
+    device = model.base.embed_tokens.weight.device
     for indices in length_batches(prompt_ids, max_new_tokens, max_positions):
         batch = [prompt_ids[i] for i in indices]
         b, longest = len(batch), max(len(p) for p in batch)
         pad = [longest - len(p) for p in batch]
-        ids = torch.tensor([[0] * n + p for n, p in zip(pad, batch)])  # (B, P)
-        mask = torch.tensor([[0] * n + [1] * len(p) for n, p in zip(pad, batch)])  # (B, P)
+        ids = torch.tensor([[0] * n + p for n, p in zip(pad, batch)], device=device)  # (B, P)
+        mask = torch.tensor([[0] * n + [1] * len(p) for n, p in zip(pad, batch)], device=device)  # (B, P)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         step = model.base_step(ids, positions, mask, model.empty_kv(model.cfg.n_layers, b))
         tokens, hidden = [ids], [step.hidden]
@@ -64,17 +65,17 @@ def generate_sequences(model: RecycleGPT, prompt_ids: list[list[int]], max_new_t
         for i in range(max_new_tokens):
             nxt = step.logits[:, -1].argmax(-1)  # (B,)
             tokens.append(nxt[:, None])
-            stopped = torch.tensor([int(t) in stop_ids for t in nxt]) & ~done
+            stopped = torch.tensor([int(t) in stop_ids for t in nxt.tolist()]) & ~done
             lengths[stopped] = i + 1
             done |= stopped
             if done.all() or i == max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.long)], dim=1)
+            mask = torch.cat([mask, torch.ones(b, 1, dtype=torch.long, device=device)], dim=1)
             positions = positions[:, -1:] + 1
             step = model.base_step(nxt[:, None], positions, mask, step.present)
             hidden.append(step.hidden)
-        tokens_all = torch.cat(tokens, dim=1)  # (B, P + n)
-        hidden_all = torch.cat(hidden, dim=1)  # (B, P + n - 1, dim): the last token was not run
+        tokens_all = torch.cat(tokens, dim=1).cpu()  # (B, P + n)
+        hidden_all = torch.cat(hidden, dim=1).cpu()  # (B, P + n - 1, dim): the last token was not run
         for row, index in enumerate(indices):
             end = longest + int(lengths[row])
             # The last token was never run through the base: it is a target, without an h.

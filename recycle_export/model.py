@@ -56,6 +56,7 @@ def rotary(position_ids: torch.Tensor, cfg: ModelConfig, dtype: torch.dtype) -> 
     their cos and sin are float32 whatever the model's dtype: float16 keeps 11 bits, so an
     angle near 4,000 rad would be off by a whole radian. Only the tables, within [-1, 1], are cast."""
     inv_freq = torch.from_numpy(rope.inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))  # (D/2,)
+    inv_freq = inv_freq.to(position_ids.device)
     angles = position_ids.float()[..., None] * inv_freq  # (B, T, D/2)
     angles = torch.cat([angles, angles], dim=-1)  # (B, T, D)
     cos, sin = angles.cos(), angles.sin()
@@ -218,8 +219,8 @@ class RecycleGPT(nn.Module):
 
     def empty_kv(self, n_layers: int, batch: int = 1) -> list[KV]:
         shape = (batch, self.cfg.n_kv_heads, 0, self.cfg.head_dim)
-        dtype = self.base.embed_tokens.weight.dtype
-        return [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
+        weight = self.base.embed_tokens.weight
+        return [(weight.new_zeros(shape), weight.new_zeros(shape))
                 for _ in range(n_layers)]
 
     def base_step(self, input_ids, position_ids, attention_mask, past: list[KV],
@@ -257,5 +258,5 @@ class RecycleGPT(nn.Module):
         if tokens is None:
             return self.base.lm_head(flat).view(b, n, self.cfg.vocab_size)  # (B, N, V)
         scores = F.linear(flat, self.base.lm_head.weight[tokens])  # (BN, K)
-        masked = torch.full((b * n, self.cfg.vocab_size), MASKED_LOGIT, dtype=scores.dtype)  # (BN, V)
+        masked = scores.new_full((b * n, self.cfg.vocab_size), MASKED_LOGIT)  # (BN, V)
         return masked.scatter(1, tokens.expand(b * n, -1), scores).view(b, n, self.cfg.vocab_size)

@@ -104,6 +104,10 @@ class TrainOptions:
     # engine's users get.
     answers_artifacts: str | None = None
     answers_engine: str | None = None
+    # Where training (and answers written by PyTorch) runs: "cpu", or "cuda" / "cuda:N" for an
+    # NVIDIA GPU. The data shards and checkpoints are the same either way, so a run can
+    # resume on another device.
+    device: str = "cpu"
 
     def data_sets(self) -> list[tuple[str, int]]:
         """(name, training prompts) per data set in `data`."""
@@ -137,8 +141,27 @@ class TrainOptions:
         if self.draft_vocab < 0:
             raise ConfigError(f"draft_vocab must be >= 0 (0: the whole vocabulary), got {self.draft_vocab}")
         check_threads(self.threads)
+        check_device(self.device)
         if self.generation_dtype not in GENERATION_DTYPES:
             raise ConfigError(f"generation_dtype must be one of {sorted(GENERATION_DTYPES)}, got {self.generation_dtype!r}")
+
+
+def check_device(device: str) -> None:
+    """Refuse a training device other than "cpu" or an available CUDA device.
+
+    Raises:
+        ConfigError: naming what was asked and what this machine has.
+    """
+    kind, _, index = device.partition(":")
+    if device == "cpu":
+        return
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: this PyTorch sees no CUDA device "
+                          f"(PyTorch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def init_recycler_from_base(model: RecycleGPT) -> None:
@@ -168,9 +191,9 @@ def set_recycle_layers(model: RecycleGPT, layers: int) -> None:
     model.cfg = dataclasses.replace(model.cfg, recycle_layers=layers)
 
 
-def _batch(seqs: list[Sequence], dim: int):
-    """Right-padded tensors for teacher forcing: inputs x_0..x_{T-1}, targets x_1..x_T, the
-    base's h_0..h_{T-1} and the padding mask."""
+def _batch(seqs: list[Sequence], dim: int, device: torch.device | str = "cpu"):
+    """Right-padded tensors for teacher forcing, on `device`: inputs x_0..x_{T-1}, targets
+    x_1..x_T, the base's h_0..h_{T-1} and the padding mask."""
     longest = max(len(s.hidden) for s in seqs)
     b = len(seqs)
     x = torch.zeros(b, longest, dtype=torch.long)
@@ -180,7 +203,7 @@ def _batch(seqs: list[Sequence], dim: int):
     for i, s in enumerate(seqs):
         t = len(s.hidden)
         x[i, :t], y[i, :t], h[i, :t], mask[i, :t] = s.tokens[:t], s.tokens[1:t + 1], s.hidden.float(), 1
-    return x, y, h, mask
+    return x.to(device), y.to(device), h.to(device), mask.to(device)
 
 
 def _shifted(h: torch.Tensor) -> torch.Tensor:
@@ -197,8 +220,8 @@ def _chain_allowed(mask: torch.Tensor, k: int) -> torch.Tensor:
     and one position each from the chain's earlier drafts: draft m's key at j - k + m.
     """
     t = mask.shape[1]
-    j = torch.arange(t)[:, None]  # queries
-    i = torch.arange(t)[None, :]  # keys
+    j = torch.arange(t, device=mask.device)[:, None]  # queries
+    i = torch.arange(t, device=mask.device)[None, :]  # keys
     blocks = [(i <= j - k + 1)[None] & mask[:, None, :].bool()]  # (B, T, T)
     blocks += [(i == j - k + m)[None].expand(len(mask), t, t) for m in range(2, k + 1)]
     return torch.cat(blocks, dim=-1)[:, None]  # (B, 1, T, k T)
@@ -210,7 +233,7 @@ def _module_states(model: RecycleGPT, x, h, mask, passes: int = 1) -> list[torch
     base's h_{j-1} (zero at j = 0) on an empty cache, as the first draft does; pass k > 1
     takes x_j with pass k-1's g_{j-1}, the module's own state, and attends as the k-th draft
     of a chain does (_chain_allowed). Pass k's g_j predicts x_{j+1} like pass 1's."""
-    positions = torch.arange(x.shape[1]).expand_as(x)
+    positions = torch.arange(x.shape[1], device=x.device).expand_as(x)
     first = model.recycle_step(x, _shifted(h), positions, mask, model.empty_kv(model.cfg.recycle_layers, len(x)), 0)
     states, keys = [first.hidden], [first.present]  # keys[pass][layer] = (key, value), (B, H_kv, T, D)
     if passes == 1:
@@ -242,21 +265,22 @@ def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions
       SmolLM2 module step's cost, so sampling positions makes training several times faster.
     Both for each of `unroll` draft positions of a chain (_module_states), averaged.
     """
-    x, y, h, mask = _batch(seqs, model.cfg.dim)
-    lm_loss = torch.zeros(())
+    x, y, h, mask = _batch(seqs, model.cfg.dim, options.device)
+    lm_loss = torch.zeros((), device=x.device)
     if options.joint:  # recompute h with gradients through the base
-        positions = torch.arange(x.shape[1]).expand_as(x)
+        positions = torch.arange(x.shape[1], device=x.device).expand_as(x)
         base = model.base_step(x, positions, mask, model.empty_kv(model.cfg.n_layers, len(seqs)), x.shape[1])
         lm_loss = F.cross_entropy(base.logits.flatten(0, 1), y.flatten())
         h = base.hidden
     valid = y != -100  # (B, T)
-    loss = torch.zeros(())
+    loss = torch.zeros((), device=x.device)
     for k, g in enumerate(_module_states(model, x, h, mask, options.unroll), 1):
         at = valid.clone()
         at[:, :k - 1] = False  # the k-th draft of a chain needs k-1 positions before it
         if options.feature_weight:
             loss = loss + options.feature_weight * F.smooth_l1_loss(g[at].float(), h[at].detach().float())
-        picked = at & (torch.rand(at.shape, generator=generator) < options.logit_fraction)
+        # drawn on the CPU, so a seed samples the same positions on every device
+        picked = at & (torch.rand(at.shape, generator=generator) < options.logit_fraction).to(at.device)
         if not picked.any():  # a tiny batch: keep one position so that every step has token targets
             picked.view(-1)[at.view(-1).nonzero()[0]] = True
         logits = model.base.lm_head(g[picked]).float()  # (N, V)
@@ -295,7 +319,7 @@ def _agreement(model: RecycleGPT, seqs: list[Sequence]) -> dict:
     nll = 0.0
     for first in range(0, len(seqs), 8):
         chunk = seqs[first:first + 8]
-        x, y, h, mask = _batch(chunk, model.cfg.dim)
+        x, y, h, mask = _batch(chunk, model.cfg.dim, model.base.embed_tokens.weight.device)
         states = _module_states(model, x, h, mask, CHAIN)
         tokens = model.recycler.draft_tokens  # the top-1 is taken among these, as the graphs do
         for i, s in enumerate(chunk):
@@ -345,7 +369,7 @@ class _Work:
         # module_layers None (the checkpoint's) is left out, so work folders written before the
         # option existed still resume.
         self.fingerprint = {k: v for k, v in dataclasses.asdict(options).items()
-                            if k not in ("threads", "checkpoint_every", "draft_vocab")
+                            if k not in ("threads", "checkpoint_every", "draft_vocab", "device")
                             and not (k == "module_layers" and v is None)}
 
     def shard(self, split: str, template_set: str, index: int, texts: list[str]) -> Path:
@@ -359,7 +383,7 @@ class _Work:
     def resumable_state(self) -> dict | None:
         if not self.state.is_file():
             return None
-        state = torch.load(self.state, weights_only=True)
+        state = torch.load(self.state, weights_only=True, map_location="cpu")
         if state.get("options") != self.fingerprint:
             log.info("training state in %s is for other options; starting training afresh", self.dir)
             return None
@@ -424,10 +448,11 @@ def _answer_writer(model: RecycleGPT, options: TrainOptions, probe: list[int]):
     generator = Generator.from_artifacts(options.answers_artifacts, options.answers_engine, threads=1)
     engine_logits, _ = base_states(generator.backend, generator.dims, probe)
     with torch.no_grad():
-        n = len(probe)
-        ours = model.base_step(torch.tensor([probe]), torch.arange(n)[None], torch.ones(1, n, dtype=torch.long),
+        n, device = len(probe), model.base.embed_tokens.weight.device
+        ours = model.base_step(torch.tensor([probe], device=device), torch.arange(n, device=device)[None],
+                               torch.ones(1, n, dtype=torch.long, device=device),
                                model.empty_kv(model.cfg.n_layers), n).logits[0]
-    agreement = float((ours.argmax(-1).numpy() == engine_logits.argmax(-1)).mean())
+    agreement = float((ours.argmax(-1).cpu().numpy() == engine_logits.argmax(-1)).mean())
     if agreement < 0.9:
         raise CheckpointError(f"the answers engine ({options.answers_artifacts}, {options.answers_engine or 'exported graphs'}) "
                               f"agrees with this checkpoint's base on {agreement:.0%} of a prompt's next tokens: "
@@ -512,6 +537,7 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
     set_recycle_layers(model, layers)
     if options.init == "base-layer":
         init_recycler_from_base(model)
+    model.to(options.device)
     heldout = _data(model, codec, ckpt.generation.eos_token_ids, "heldout", options, work, progress)
     train_sets = _data(model, codec, ckpt.generation.eos_token_ids, "train", options, work, progress)
     train = [s for seqs in train_sets.values() for s in seqs]
@@ -524,7 +550,7 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
     step = 0
     state = work.resumable_state()
     if state is not None:
-        model.load_state_dict(state["model"], strict=False)
+        model.load_state_dict(state["model"], strict=False)  # copies onto the model's device
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
         log.info("resuming training at step %d of %d", step, total)
@@ -536,7 +562,7 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
         lr = options.lr * 0.5 * (1 + math.cos(math.pi * step / total))  # cosine to zero
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=options.bfloat16):
+        with torch.autocast(torch.device(options.device).type, dtype=torch.bfloat16, enabled=options.bfloat16):
             loss = recycler_loss(model, batch, options, torch.Generator().manual_seed(options.seed * 1_000_003 + step))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -550,7 +576,8 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
                 torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step,
                             "options": work.fingerprint}, tmp)
     model.eval()
-    model.recycler.set_draft_tokens(draft_vocabulary(train, model.cfg.vocab_size, options.draft_vocab))
+    tokens = draft_vocabulary(train, model.cfg.vocab_size, options.draft_vocab)
+    model.recycler.set_draft_tokens(None if tokens is None else tokens.to(options.device))
     after = agreement(model, heldout)
     report = {
         "options": dataclasses.asdict(options),
@@ -567,6 +594,6 @@ def train_recycler(model_path: Path, out: Path, options: TrainOptions = TrainOpt
     # verify's answer store: the train split's answers, which the module was trained on too.
     answers = answer_store_tokens(s.tokens[s.prompt_len:].tolist() for s in train)
     report["answer_store"] = {"answers": len(train), "positions": len(answers)}
-    save_checkpoint(Checkpoint(model, True, ckpt.generation, ckpt.tokenizer_json, answers), Path(out))
+    save_checkpoint(Checkpoint(model.cpu(), True, ckpt.generation, ckpt.tokenizer_json, answers), Path(out))
     write_json(Path(out) / "training.json", report)
     return report

@@ -85,6 +85,23 @@ def test_invalid_options():
         TrainOptions(draft_vocab=-1)
     with pytest.raises(ConfigError, match="module_layers must be >= 1"):
         TrainOptions(module_layers=0)
+    with pytest.raises(ConfigError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        TrainOptions(device="gpu")
+    with pytest.raises(ConfigError, match="device must be"):
+        TrainOptions(device="cuda:x")
+
+
+def test_a_cuda_device_is_refused_where_pytorch_sees_none(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device 'cuda': this PyTorch sees no CUDA device"):
+        TrainOptions(device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    TrainOptions(device="cuda:0")
+    with pytest.raises(ConfigError, match=r"device 'cuda:1': this machine has 1 CUDA device\(s\)"):
+        TrainOptions(device="cuda:1")
 
 
 def test_draft_vocabulary_is_the_most_frequent_answer_tokens():
@@ -275,3 +292,27 @@ def test_answers_engine_of_another_base_is_refused(tiny_chat_checkpoint, tiny_ar
     options = dataclasses.replace(OPTIONS, answers_artifacts=str(tiny_artifacts))
     with pytest.raises(CheckpointError, match="was not built from this base"):
         train_recycler(tiny_chat_checkpoint, tmp_path / "out", options)
+
+
+def test_training_tensors_follow_the_model_onto_another_device(tiny_chat_checkpoint):
+    """--device cuda cannot run here; the meta device stands in for it: any tensor the model
+    or the training's module passes create on the CPU instead of beside the model's weights
+    makes an operation fail ("Tensor on device cpu is not on the expected device meta")."""
+    import torch
+
+    from recycle_export.train import _module_states
+
+    model = load_checkpoint(tiny_chat_checkpoint).model
+    model.recycler.set_draft_tokens(torch.arange(0, 96, 2))
+    model.to("meta")
+    b, t, cfg = 2, 5, model.cfg
+    x = torch.zeros(b, t, dtype=torch.long, device="meta")
+    mask = torch.ones(b, t, dtype=torch.long, device="meta")
+    h = torch.zeros(b, t, cfg.dim, device="meta")
+    states = _module_states(model, x, h, mask, passes=3)
+    assert [tuple(g.shape) for g in states] == [(b, t, cfg.dim)] * 3
+    positions = torch.arange(t, device="meta").expand_as(x)
+    base = model.base_step(x, positions, mask, model.empty_kv(cfg.n_layers, b), num_logits=2)
+    assert base.logits.device.type == "meta" and base.logits.shape == (b, 2, cfg.vocab_size)
+    module = model.recycle_step(x, h, positions, mask, model.empty_kv(cfg.recycle_layers, b), num_logits=2)
+    assert module.logits.shape == (b, 2, cfg.vocab_size)
