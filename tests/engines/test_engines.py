@@ -150,3 +150,34 @@ def test_fp32_weights_are_saved_prepacked_for_this_machine(artifacts):
         finally:
             path.write_text(original)
     assert Generator.from_artifacts(artifacts, engine="cpu-fp32").generate([5, 17], Request(max_new_tokens=3)).tokens
+
+
+def test_gpu_check_script_runs_the_ort_cuda_path_with_the_provider_faked(tiny_chat_checkpoint, tmp_path, monkeypatch):
+    """benchmarks/tensorrt_gpu.py --target ort-cuda, from a float16 export, with onnxruntime
+    told it has the CUDA provider: this onnxruntime then runs the sessions on the CPU (it
+    warns that CUDA is missing), which checks the path's wiring (build, engine.json, the
+    runtime's sessions, the token check, the bench), not CUDA."""
+    import sys
+    import warnings
+    from pathlib import Path
+
+    import onnxruntime
+
+    from recycle_export.export import ExportOptions, export
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from tensorrt_gpu import check_engine
+
+    art = tmp_path / "fp16"
+    export(tiny_chat_checkpoint, art, ExportOptions(dtype="float16", max_seq_len=256))
+    real = onnxruntime.get_available_providers
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *real()])
+    said = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Specified provider 'CUDAExecutionProvider'")
+        figures = check_engine(str(art), "ort-cuda", None, max_new_tokens=6, repeats=1, task_set=None, say=said.append)
+    record = json.loads((art / "engines" / "ort-cuda-as-exported" / "engine.json").read_text())
+    assert record["session"]["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert record["step_costs"]  # measured after the build, as for the CPU engines
+    assert sum("identical" in line for line in said) == 3 * 4  # the same tokens as the CPU run: 3 strategies x 4 prompts
+    assert [f.strategy for f in figures] == ["standard", "alternate", "verify"]
