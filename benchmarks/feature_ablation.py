@@ -9,8 +9,8 @@ position, as train-recycler reports it):
 - prenorm: the last hidden state before the final norm (EAGLE), divided by one constant
   (its median RMS over the training positions) so that it enters the fusion at h's scale;
   the chain feeds back the module's own pre-norm state.
-- fusion: a learned projection of three layers (EAGLE-3): the outputs of base layers LOW and
-  MID, each RMS-normalised without a weight (SmolLM2's residual stream reaches ~25,000 from
+- fusion: a learned projection of three layers (EAGLE-3): the outputs of a low and a middle
+  base layer (fusion_layers: SmolLM2's 2 and 15), each RMS-normalised without a weight (SmolLM2's residual stream reaches ~25,000 from
   its early layers on), and h. The projection starts as [0, 0, I], so this variant starts as
   exactly the module it goes on from, and can only add what the lower layers carry.
 
@@ -55,18 +55,24 @@ from recycle_export.real_prompts import KINDS  # noqa: E402
 from recycle_export.train import (CHAIN, TrainOptions, _batch, _chain_allowed, _epoch_batches, _shifted,  # noqa: E402
                                   init_recycler_from_base, load_split)
 
-LOW, MID = 2, 15  # base layers (1-based) whose outputs the fusion reads beside h: EAGLE-3's low and middle
 VARIANTS = ("final", "prenorm", "fusion")
 # train-recycler's order of the data sets (recycle_export.train._prompt_lists), which fixes the batches
 SET_ORDER = tuple(f"real-{kind}" for kind in KINDS) + ("instructions", "requests")
 
 
+def fusion_layers(n_layers: int) -> tuple[int, int]:
+    """The base layers (1-based) whose outputs the fusion reads beside h: EAGLE-3's low and
+    middle ones (SmolLM2's 30 layers: 2 and 15)."""
+    return min(2, n_layers), max(1, n_layers // 2)
+
+
 @torch.no_grad()
 def base_features(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One causal pass of the base over `tokens` (T,): the outputs of layers LOW and MID, the
-    last hidden state before the final norm, and h after it, each (T, dim) float16.
+    """One causal pass of the base over `tokens` (T,): the outputs of the fusion_layers (low,
+    mid), the last hidden state before the final norm, and h after it, each (T, dim) float16.
     scaled_dot_product_attention on one unpadded row is the model's attention ~3x faster."""
     cfg, n = model.cfg, len(tokens)
+    low, mid = fusion_layers(cfg.n_layers)
     x = model.base.embed_tokens(tokens[None])  # (1, T, dim)
     cos, sin = rotary(torch.arange(n)[None], cfg, x.dtype)
     out = {}
@@ -80,8 +86,10 @@ def base_features(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # (1, H, T, D)
         x = x + attn.o_proj(o.transpose(1, 2).reshape(1, n, -1))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
-        if number in (LOW, MID):
-            out["low" if number == LOW else "mid"] = x[0].half()
+        if number == low:
+            out["low"] = x[0].half()
+        if number == mid:
+            out["mid"] = x[0].half()
     out["pre"] = x[0].half()
     out["h"] = model.base.norm(x)[0].half()
     return out
@@ -128,7 +136,8 @@ def extract(args) -> None:
             scale = float(rms.median())
         save_file(tensors, str(cache / f"{split}.safetensors"),
                   metadata={"prompt_len": json.dumps(meta), "sets": json.dumps(list(sets)),
-                            "prenorm_scale": str(scale), "low": str(LOW), "mid": str(MID)})
+                            "prenorm_scale": str(scale),
+                            "fusion_layers": json.dumps(fusion_layers(model.cfg.n_layers))})
         print(f"{split}: {len(meta)} sequences in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
