@@ -52,8 +52,8 @@ from recycle_export.checkpoint import load_checkpoint  # noqa: E402
 from recycle_export.distill_data import Sequence  # noqa: E402
 from recycle_export.model import apply_rotary, rotary  # noqa: E402
 from recycle_export.real_prompts import KINDS  # noqa: E402
-from recycle_export.train import (CHAIN, TrainOptions, _batch, _chain_allowed, _epoch_batches, _shifted,  # noqa: E402
-                                  init_recycler_from_base, load_split)
+from recycle_export.train import (CHAIN, TrainOptions, _agreement, _epoch_batches, _module_states,  # noqa: E402
+                                  init_recycler_from_base, load_split, recycler_loss)
 
 VARIANTS = ("final", "prenorm", "fusion")
 # train-recycler's order of the data sets (recycle_export.train._prompt_lists), which fixes the batches
@@ -200,61 +200,25 @@ class Ablation(torch.nn.Module):
             if self.variant == "prenorm":
                 self.model.recycler.fuse.weight[:, :dim] *= self.model.base.norm.weight
 
-    def first_input(self, seqs: list[Featured], longest: int) -> torch.Tensor:
-        """(B, T, dim): the feature of every position."""
+    def first_input(self, seqs: list[Featured], longest: int) -> torch.Tensor | None:
+        """(B, T, dim): the feature of every position (None for final: the batch's h)."""
         if self.variant == "final":
-            return _padded(seqs, "h", longest)
+            return None
         if self.variant == "prenorm":
             return _padded(seqs, "pre", longest) / self.scale
         parts = [_unit(_padded(seqs, "low", longest)), _unit(_padded(seqs, "mid", longest)), _padded(seqs, "h", longest)]
         return self.reduce(torch.cat(parts, dim=-1))
 
-    def states(self, x, u, mask, passes: int) -> list[torch.Tensor]:
-        """The module's g_j for each draft position of a chain, as train._module_states does:
-        pass 1 reads u_{j-1}, pass k > 1 its own state of pass k-1 at j-1 (g, or the pre-norm
-        state for prenorm), attending as the k-th draft of a chain."""
-        model = self.model
-        cfg, t = model.cfg, x.shape[1]
-        positions = torch.arange(t).expand_as(x)
-        embedded = model.base.embed_tokens(x)  # (B, T, dim)
-        cos, sin = rotary(positions, cfg, embedded.dtype)
-        feed, keys, out = _shifted(u), [], []
-        for k in range(1, passes + 1):
-            allowed = _chain_allowed(mask, k)
-            z = model.recycler.fuse(torch.cat([feed, embedded], dim=-1))  # (B, T, dim)
-            present = []
-            for n, layer in enumerate(model.recycler.layers):
-                past = (tuple(torch.cat([kv[n][part] for kv in keys], dim=2) for part in (0, 1)) if keys
-                        else model.empty_kv(cfg.recycle_layers, len(x))[n])
-                z, (key, value) = layer(z, cos, sin, allowed, past)
-                present.append((key[:, :, -t:], value[:, :, -t:]))
-            keys.append(present)
-            g = model.recycler.norm(z)
-            out.append(g)
-            feed = _shifted(z if self.variant == "prenorm" else g)
-        return out
+    def states(self, seqs: list[Featured], x, h, mask, passes: int) -> list[torch.Tensor]:
+        """The module's g_j for each draft position of a chain with this variant's feature
+        (train._module_states): the `features` train.recycler_loss and _agreement take."""
+        return _module_states(self.model, x, h, mask, passes, self.first_input(seqs, x.shape[1]),
+                              feed_pre_norm=self.variant == "prenorm")
 
 
 def loss(ablation: Ablation, seqs: list[Featured], options: TrainOptions, generator: torch.Generator) -> torch.Tensor:
-    """train.recycler_loss (tokens: cross-entropy plus KL to the base, on a sample of positions,
-    per draft position) with the variant's feature."""
-    model = ablation.model
-    x, y, h, mask = _batch(seqs, model.cfg.dim)
-    valid = y != -100
-    total = torch.zeros(())
-    for k, g in enumerate(ablation.states(x, ablation.first_input(seqs, x.shape[1]), mask, options.unroll), 1):
-        at = valid.clone()
-        at[:, :k - 1] = False
-        picked = at & (torch.rand(at.shape, generator=generator) < options.logit_fraction)
-        if not picked.any():
-            picked.view(-1)[at.view(-1).nonzero()[0]] = True
-        logits = model.base.lm_head(g[picked]).float()
-        total = total + F.cross_entropy(logits, y[picked])
-        with torch.no_grad():
-            teacher = F.log_softmax(model.base.lm_head(h[picked]).float(), dim=-1)
-        total = total + options.distill_weight * F.kl_div(F.log_softmax(logits, dim=-1), teacher,
-                                                          log_target=True, reduction="batchmean")
-    return total / options.unroll
+    """train.recycler_loss with the variant's feature."""
+    return recycler_loss(ablation.model, seqs, options, generator, ablation.states)
 
 
 def train(args) -> None:
@@ -294,34 +258,12 @@ def train(args) -> None:
                 "seconds": round(time.perf_counter() - started)}, args.out)
 
 
-@torch.no_grad()
 def agreement(ablation: Ablation, seqs: list[Featured]) -> dict:
     """Per draft position k = 1..CHAIN, top-1 agreement with the base's next token on answer
     positions, and the drafts a greedy chain of CHAIN accepts on average (train._agreement)."""
-    model = ablation.model
-    tokens = model.recycler.draft_tokens
-    agree, total, accepted = [0] * CHAIN, 0, 0
-    for first in range(0, len(seqs), 8):
-        chunk = seqs[first:first + 8]
-        x, y, _, mask = _batch(chunk, model.cfg.dim)
-        states = ablation.states(x, ablation.first_input(chunk, x.shape[1]), mask, CHAIN)
-        for i, s in enumerate(chunk):
-            answer = slice(s.prompt_len - 1, len(s.hidden))
-            target = y[i, answer]
-            hits = []
-            for k, g in enumerate(states):
-                scores = model.base.lm_head(g[i, answer])
-                pred = scores.argmax(-1) if tokens is None else tokens[scores[:, tokens].argmax(-1)]
-                hits.append(pred == target)
-                agree[k] += int(hits[-1].sum())
-            total += len(target)
-            for start in range(len(target)):
-                n = 0
-                while n < CHAIN and start + n < len(target) and hits[n][start + n]:
-                    n += 1
-                accepted += n
-    return {"tokens": total, "position_agreement": [round(a / total, 4) for a in agree],
-            "chain_accepted": round(accepted / total, 3)}
+    figures = _agreement(ablation.model, seqs, ablation.states)
+    return {"tokens": figures["tokens"], "position_agreement": [round(a, 4) for a in figures["position_agreement"]],
+            "chain_accepted": round(figures["chain_accepted"], 3)}
 
 
 def load_module(spec: str, model_path: str, scale: float | None) -> tuple[str, Ablation]:

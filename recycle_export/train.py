@@ -39,7 +39,7 @@ from recycle_export.distill_data import (Sequence, engine_sequences, generate_se
                                          save_sequences)
 from recycle_export import real_prompts
 from runtime.prompts import TEMPLATE_SETS, prompts
-from recycle_export.model import RecycleGPT, rotary
+from recycle_export.model import RecycleGPT, rotary, run_layers
 from runtime.drafts import answer_store_tokens
 from runtime.errors import CheckpointError, ConfigError
 from runtime.files import atomic_path, write_json
@@ -227,22 +227,29 @@ def _chain_allowed(mask: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat(blocks, dim=-1)[:, None]  # (B, 1, T, k T)
 
 
-def _module_states(model: RecycleGPT, x, h, mask, passes: int = 1) -> list[torch.Tensor]:
+def _module_states(model: RecycleGPT, x, h, mask, passes: int = 1, first: torch.Tensor | None = None,
+                   feed_pre_norm: bool = False) -> list[torch.Tensor]:
     """The module's g_j at every position of a teacher-forced batch, (B, T, dim), for each
     draft position of a chain (EAGLE-3's training-time test): pass 1 takes x_j with the
-    base's h_{j-1} (zero at j = 0) on an empty cache, as the first draft does; pass k > 1
-    takes x_j with pass k-1's g_{j-1}, the module's own state, and attends as the k-th draft
-    of a chain does (_chain_allowed). Pass k's g_j predicts x_{j+1} like pass 1's."""
+    base's h_{j-1} (zero at j = 0) on an empty cache, as the first draft does
+    (RecycleGPT.recycle_step); pass k > 1 takes x_j with pass k-1's g_{j-1}, the module's own
+    state, and attends as the k-th draft of a chain does (_chain_allowed). Pass k's g_j
+    predicts x_{j+1} like pass 1's.
+
+    For other features (benchmarks/feature_ablation.py): `first` (B, T, dim) is what pass 1
+    reads in place of h, and with `feed_pre_norm` pass k > 1 reads pass k-1's state before
+    the module's final norm in place of g."""
     positions = torch.arange(x.shape[1], device=x.device).expand_as(x)
-    first = model.recycle_step(x, _shifted(h), positions, mask, model.empty_kv(model.cfg.recycle_layers, len(x)), 0)
-    states, keys = [first.hidden], [first.present]  # keys[pass][layer] = (key, value), (B, H_kv, T, D)
-    if passes == 1:
-        return states
     embedded = model.base.embed_tokens(x)  # (B, T, dim)
-    cos, sin = rotary(positions, model.cfg, first.hidden.dtype)
+    fused = model.recycler.fuse(torch.cat([_shifted(h if first is None else first), embedded], dim=-1))
+    z, present = run_layers(model.recycler.layers, fused, positions, mask,
+                            model.empty_kv(model.cfg.recycle_layers, len(x)), model.cfg)
+    states, keys = [model.recycler.norm(z)], [present]  # keys[pass][layer] = (key, value), (B, H_kv, T, D)
+    cos, sin = rotary(positions, model.cfg, states[0].dtype)
     for k in range(2, passes + 1):
         allowed = _chain_allowed(mask, k)
-        z = model.recycler.fuse(torch.cat([_shifted(states[-1]), embedded], dim=-1))  # (B, T, dim)
+        fed = z if feed_pre_norm else states[-1]
+        z = model.recycler.fuse(torch.cat([_shifted(fed), embedded], dim=-1))  # (B, T, dim)
         present = []
         for n, layer in enumerate(model.recycler.layers):
             past = tuple(torch.cat([kv[n][part] for kv in keys], dim=2) for part in (0, 1))  # (B, H_kv, (k-1) T, D)
@@ -254,7 +261,7 @@ def _module_states(model: RecycleGPT, x, h, mask, passes: int = 1) -> list[torch
 
 
 def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator, features=None) -> torch.Tensor:
     """The module's training loss on a batch.
 
     - feature regression (`feature_weight`, EAGLE's): smooth L1 between the module's g_j and
@@ -264,6 +271,8 @@ def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions
       base's logits, on a random `logit_fraction` of the positions: the LM head is ~80% of a
       SmolLM2 module step's cost, so sampling positions makes training several times faster.
     Both for each of `unroll` draft positions of a chain (_module_states), averaged.
+    `features(seqs, x, h, mask, passes)` replaces _module_states (another base feature:
+    benchmarks/feature_ablation.py).
     """
     x, y, h, mask = _batch(seqs, model.cfg.dim, options.device)
     lm_loss = torch.zeros((), device=x.device)
@@ -274,7 +283,8 @@ def recycler_loss(model: RecycleGPT, seqs: list[Sequence], options: TrainOptions
         h = base.hidden
     valid = y != -100  # (B, T)
     loss = torch.zeros((), device=x.device)
-    for k, g in enumerate(_module_states(model, x, h, mask, options.unroll), 1):
+    states = (features or _default_features(model))(seqs, x, h, mask, options.unroll)
+    for k, g in enumerate(states, 1):
         at = valid.clone()
         at[:, :k - 1] = False  # the k-th draft of a chain needs k-1 positions before it
         if options.feature_weight:
@@ -307,20 +317,27 @@ def agreement(model: RecycleGPT, sets: dict[str, list[Sequence]]) -> dict:
     return {**overall, "tokens": tokens, "sets": per_set}
 
 
+def _default_features(model: RecycleGPT):
+    """The module's states from the base's h (_module_states), in the form recycler_loss's and
+    _agreement's `features` take."""
+    return lambda seqs, x, h, mask, passes: _module_states(model, x, h, mask, passes)
+
+
 @torch.no_grad()
-def _agreement(model: RecycleGPT, seqs: list[Sequence]) -> dict:
+def _agreement(model: RecycleGPT, seqs: list[Sequence], features=None) -> dict:
     """On answer positions: top-1 agreement of the module with the base's next token, and
     its cross-entropy there (over the whole vocabulary: what training lowers); per draft
     position k = 1..CHAIN of a chain (the module fed its own states, _module_states), the
     top-1 agreement; and chain_accepted, the drafts a greedy chain of CHAIN started at an
-    answer position would have accepted on average (consecutive agreements, no gate)."""
+    answer position would have accepted on average (consecutive agreements, no gate).
+    `features` as recycler_loss's."""
     agree = [0] * CHAIN
     total = accepted = chains = 0
     nll = 0.0
     for first in range(0, len(seqs), 8):
         chunk = seqs[first:first + 8]
         x, y, h, mask = _batch(chunk, model.cfg.dim, model.base.embed_tokens.weight.device)
-        states = _module_states(model, x, h, mask, CHAIN)
+        states = (features or _default_features(model))(chunk, x, h, mask, CHAIN)
         tokens = model.recycler.draft_tokens  # the top-1 is taken among these, as the graphs do
         for i, s in enumerate(chunk):
             answer = slice(s.prompt_len - 1, len(s.hidden))  # predictions of answer tokens

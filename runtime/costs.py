@@ -38,18 +38,13 @@ class StepCosts:
     def relative(self, new: int, past: int) -> float:
         """The cost of a step of `new` tokens over `past` positions, in steps of 1 token over
         as many: linear in both between the measured points, clamped at their edges."""
-        ratios = self._ratios(past)
-        return _along(self.news, new, lambda j: ratios[j])
+        return self.relative_widths(past)[min(max(new, 1), self.news[-1]) - 1]
 
     def relative_widths(self, past: int) -> list[float]:
         """relative(new, past) for new = 1 .. news[-1], at index new - 1: one interpolation
         over the pasts for all the widths a draft weighs (runtime.drafts.worth_drafting)."""
-        ratios = self._ratios(past)
+        ratios = [_along(self.pasts, past, lambda i: self.ms[i][j] / self.ms[i][0]) for j in range(len(self.news))]
         return [_along(self.news, new, lambda j: ratios[j]) for new in range(1, self.news[-1] + 1)]
-
-    def _ratios(self, past: int) -> list[float]:
-        """Each measured width's cost relative to 1 new token (news[0]), over `past` positions."""
-        return [_along(self.pasts, past, lambda i: self.ms[i][j] / self.ms[i][0]) for j in range(len(self.news))]
 
     def to_json(self) -> dict:
         return {"pasts": list(self.pasts), "news": list(self.news), "ms": [list(row) for row in self.ms]}

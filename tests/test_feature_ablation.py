@@ -48,7 +48,7 @@ def test_final_is_train_recyclers_training_and_fusion_starts_as_the_module(tiny_
         fusion = Ablation(model, "fusion", None)
         fusion.start()
         x, _, h, mask = _batch(seqs, model.cfg.dim)
-        for a, b in zip(fusion.states(x, fusion.first_input(featured, x.shape[1]), mask, CHAIN),
+        for a, b in zip(fusion.states(featured, x, h, mask, CHAIN),
                         _module_states(model, x, h, mask, CHAIN)):
             assert torch.allclose(a, b, atol=1e-6)
     reference = _agreement(model, seqs)
