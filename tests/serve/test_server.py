@@ -342,7 +342,9 @@ def test_a_full_queue_answers_429(generator):
     with running(slow, max_batch=1, max_queue=0) as base:
         c = client(base)
         with ThreadPoolExecutor(1) as pool:
-            busy = pool.submit(lambda: c.completions.create(model=MODEL, prompt="a", max_tokens=20,
+            # greedy: sampled (the API's default temperature 1), the first token can be the end
+            # token, and the finished request then has no completion tokens to count
+            busy = pool.submit(lambda: c.completions.create(model=MODEL, prompt="a", max_tokens=20, temperature=0,
                                                             extra_body={"strategy": "verify"}))  # one at a time
             try:
                 wait_for(lambda: _metric(base, "batch_size") >= 1, "the first request to start")
