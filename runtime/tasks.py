@@ -1,9 +1,11 @@
 """Task sets: benchmark prompts of several kinds, read from a JSONL file (one task a line),
 for `cli.py bench --task-set` and `cli.py eval --task-set`.
 
-A line is {"id", "kind", "messages": [{"role", "content"}, ...], "source": [...], "licence"};
-benchmarks/tasks/README.md describes the `real` set and where its texts come from.
-Standard library only.
+A line is {"kind", "messages": [{"role", "content"}, ...]} or {"kind", "prompt": "..."} (one
+user turn), with optional "id", "source" (a list of documents, or one) and "licence"; other
+fields are ignored, so a set that carries references or metadata loads as it is. Kinds
+outside KINDS are kept and reported after the known ones. benchmarks/tasks/README.md
+describes the `real` set and where its texts come from. Standard library only.
 """
 
 from __future__ import annotations
@@ -19,10 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TASK_SETS = {"real": ROOT / "benchmarks" / "tasks" / "real_tasks.jsonl"}
 KINDS = ("chat", "translation", "summarization", "qa", "math", "rag")  # the order reports use
 ROLES = ("system", "user", "assistant")
-FIELDS = ("id", "kind", "messages", "source", "licence")
 _FIX = "fix the task file"
-
-
 @dataclass(frozen=True)
 class Message:
     role: str
@@ -61,32 +60,42 @@ def _string(fields: Fields, key: str) -> str:
     return value
 
 
-def _task(line: str, where: str) -> Task:
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise TaskSetError(f"{where}: not valid JSON ({e.msg}); {_FIX}") from None
-    fields = Fields(data, where, _FIX, error=TaskSetError)
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        fields.fail(unknown[0], f"is not a task field (expected {', '.join(FIELDS)})")
-    task_id, kind = _string(fields, "id"), fields.choice("kind", KINDS)
+def _messages(fields: Fields, where: str) -> tuple[Message, ...]:
+    """A task's turns: its "messages", or its "prompt" as one user turn (exactly one of them)."""
+    if ("messages" in fields.data) == ("prompt" in fields.data):
+        fields.fail("messages", "or prompt (one user turn) must be given, and not both")
+    if "prompt" in fields.data:
+        return (Message("user", _string(fields, "prompt")),)
     turns = fields.get("messages", list)
     if not turns:
         fields.fail("messages", "must hold at least one message")
     messages = []
     for i, turn in enumerate(turns):
         message = Fields(turn, where, _FIX, f"messages[{i}].", TaskSetError)
-        unknown = sorted(set(turn) - {"role", "content"})
-        if unknown:
-            message.fail(unknown[0], "is not a message field (expected role, content)")
         messages.append(Message(message.choice("role", ROLES), _string(message, "content")))
     if messages[-1].role != "user":
         fields.fail("messages", f"must end with a user message, not {messages[-1].role!r}")
-    source = fields.get("source", list)
-    if not source or not all(isinstance(s, str) and s.strip() for s in source):
-        fields.fail("source", "must be a non-empty list of non-empty strings")
-    return Task(task_id, kind, tuple(messages), tuple(source), _string(fields, "licence"))
+    return tuple(messages)
+
+
+def _task(line: str, where: str, number: int) -> Task:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise TaskSetError(f"{where}: not valid JSON ({e.msg}); {_FIX}") from None
+    fields = Fields(data, where, _FIX, error=TaskSetError)
+    kind = _string(fields, "kind").strip()
+    given = fields.get("id", (str, int), optional=True)
+    task_id = f"line-{number}" if given is None else str(given).strip()
+    if not task_id:
+        fields.fail("id", "must not be empty")
+    messages = _messages(fields, where)
+    source = fields.get("source", (list, str), optional=True) or []
+    source = [source] if isinstance(source, str) else source
+    if not all(isinstance(s, str) and s.strip() for s in source):
+        fields.fail("source", "must be a string or a list of non-empty strings")
+    licence = fields.get("licence", str, optional=True) or ""
+    return Task(task_id, kind, messages, tuple(source), licence)
 
 
 def load_tasks(name: str) -> list[Task]:
@@ -103,7 +112,7 @@ def load_tasks(name: str) -> list[Task]:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            task = _task(line, f"{path}:{number}")
+            task = _task(line, f"{path}:{number}", number)
             if task.id in seen:
                 raise TaskSetError(f"{path}:{number}: id {task.id!r} repeats line {seen[task.id]}; {_FIX}")
             seen[task.id] = number
@@ -115,20 +124,18 @@ def load_tasks(name: str) -> list[Task]:
 
 def select(tasks: list[Task], kinds: tuple[str, ...] | None = None, per_kind: int | None = None) -> list[Task]:
     """The tasks of the chosen kinds (all by default), the first `per_kind` of each, grouped
-    by kind in KINDS order.
+    by kind: KINDS in their order, then any other kind in the order the set first has it.
 
-    Raises: TaskSetError for an unknown kind, a kind the set lacks, or per_kind < 1.
+    Raises: TaskSetError for a kind the set lacks, or per_kind < 1.
     """
     if per_kind is not None and per_kind < 1:
         raise TaskSetError(f"--per-kind must be at least 1, got {per_kind}")
-    present = {t.kind for t in tasks}
-    wanted = kinds or tuple(k for k in KINDS if k in present)
-    for kind in wanted:
-        if kind not in KINDS:
-            raise TaskSetError(f"unknown kind {kind!r}; expected some of {', '.join(KINDS)}")
+    present = list(dict.fromkeys(t.kind for t in tasks))
+    for kind in kinds or ():
         if kind not in present:
-            raise TaskSetError(f"the task set has no {kind} tasks; it has {', '.join(sorted(present))}")
-    ordered = [k for k in KINDS if k in wanted]
+            raise TaskSetError(f"the task set has no {kind} tasks; it has {', '.join(present)}")
+    wanted = kinds or present
+    ordered = [k for k in KINDS if k in wanted] + [k for k in present if k in wanted and k not in KINDS]
     return [t for kind in ordered for t in [t for t in tasks if t.kind == kind][:per_kind]]
 
 

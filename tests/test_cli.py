@@ -90,7 +90,7 @@ def test_bench_on_a_task_set_reports_per_kind_and_skips_long_prompts(tiny_chat_e
     result = CliRunner().invoke(main, args + ["--kinds", "translation"])
     assert result.exit_code == 1 and "Error: no prompt of task set" in result.output
     result = CliRunner().invoke(main, args + ["--kinds", "math,poems"])
-    assert result.exit_code == 1 and "Error: unknown kind 'poems'" in result.output
+    assert result.exit_code == 1 and "Error: the task set has no poems tasks; it has chat, math, translation" in result.output
     result = CliRunner().invoke(main, args + ["--prompt", "hi"])
     assert result.exit_code == 1 and "--task-set and --prompt both choose the prompts" in result.output
 
