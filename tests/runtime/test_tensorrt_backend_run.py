@@ -1,0 +1,70 @@
+"""runtime/backends/tensorrt.py end to end without a GPU: the Generator over TrtBackend, with
+CUDA and TensorRT stood in for by tests/runtime/fake_gpu.py (device memory is host memory,
+a plan runs its exported graph under ONNX Runtime), gives the tokens the ONNX Runtime
+backend gives on the same graphs, under every schedule. So the backend's own work is
+checked byte for byte: uploads, bindings, the KV pool's buffer swaps and rollback copies,
+the output downloads, and the hidden-state hand-off between the two plans."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from runtime import contract as C
+from runtime.artifacts import Artifacts
+from runtime.backends import tensorrt as backend
+from runtime.generator import Generator
+from runtime.request import DraftOptions, Request, SamplingParams
+from tests.runtime.fake_gpu import DEVICE_TO_HOST, FakeCudart, fake_tensorrt_runtime, write_plans
+
+PROMPTS = [[5, 9, 13, 2, 7, 5, 9, 13], [3, 4, 5, 6]]
+REQUESTS = [Request("standard", max_new_tokens=12),
+            Request("alternate", max_new_tokens=12),
+            Request("verify", max_new_tokens=12,
+                    drafts=DraftOptions(max_draft=3, lookup_ngram=0, module=True, min_probability=0.0)),
+            Request("verify", max_new_tokens=12, drafts=DraftOptions(max_draft=4, lookup_ngram=1, module=True,
+                                                                    min_probability=0.0)),
+            Request("verify", max_new_tokens=12, sampling=SamplingParams(temperature=1.0, seed=3),
+                    drafts=DraftOptions(max_draft=3, lookup_ngram=0, module=True, min_probability=0.0))]
+
+
+@pytest.fixture(params=["tiny_artifacts", "tiny_fp16_artifacts"])
+def export(request):
+    """An export folder, made before `gpu` puts the fake tensorrt module in place."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    rt = FakeCudart()
+    monkeypatch.setattr(backend, "cudart", lambda: rt)
+    monkeypatch.setattr("runtime.cuda.cudart", lambda: rt)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt_runtime("10.3.0"))
+    return rt
+
+
+def _trt_generator(folder, tmp_path) -> Generator:
+    artifacts = Artifacts.load(folder)
+    plans = write_plans(tmp_path / "plans", {g: artifacts.graph_path(g) for g in (C.FULL_STEP, C.RECYCLE_STEP)})
+    record = types.SimpleNamespace(backend_version="10.3.0", device={"name": "Fake GPU", "compute_capability": [9, 0]},
+                                   profiles=None)
+    engine = types.SimpleNamespace(folder=tmp_path / "plans", target="hopper-fp16", record=record,
+                                   graph_paths=lambda: plans)
+    return Generator(backend.TrtBackend(artifacts, engine), artifacts)
+
+
+def test_the_tensorrt_backend_decodes_as_onnx_runtime_does(export, gpu, tmp_path):
+    folder = export
+    host = Generator.from_artifacts(folder)
+    device = _trt_generator(folder, tmp_path)
+    for r in REQUESTS:
+        for prompt in PROMPTS:
+            want, got = host.generate(prompt, r), device.generate(prompt, r)
+            assert got.tokens == want.tokens, (r.strategy, r.drafts, prompt)
+            assert got.stats.base_calls == want.stats.base_calls and got.stats.module_calls == want.stats.module_calls
+    batch = [Request("standard", max_new_tokens=6), Request("alternate", max_new_tokens=6)]
+    for r in batch:  # left-padded rows: the padded positions' hidden states must not reach the module
+        assert [x.tokens for x in device.generate_batch(PROMPTS, r)] == [x.tokens for x in host.generate_batch(PROMPTS, r)]
+    device.close()
+    assert gpu.buffers == {}  # every pool, scratch buffer and stream freed
