@@ -38,8 +38,7 @@ class _State:
     tokens: np.ndarray  # (B, capacity) int64: left padding, prompt, generated
     mask: np.ndarray  # (B, capacity) int64: 0 on left padding, 1 from each row's first token on
     pad: np.ndarray  # (B,) left padding per row
-    hidden: np.ndarray  # (B, capacity, dim): the base's h_j per cache position
-    pool: KVPool  # or a backend's device pool with the same interface
+    pool: KVPool  # or a backend's device pool with the same interface; also keeps the base's h_j
     request: Request
     stop_ids: frozenset[int]
     rng: np.random.Generator
@@ -187,8 +186,7 @@ class Generator:
             mask[row, pad[row]:] = 1
         stop_ids = request.stop_token_ids
         state = _State(
-            tokens, mask, pad, np.zeros((batch, self.capacity, self.dims.dim), dtype=self.dims.dtype),
-            self.backend.new_kv_pool(self.dims, batch, self.capacity), request,
+            tokens, mask, pad, self.backend.new_kv_pool(self.dims, batch, self.capacity), request,
             frozenset(self.artifacts.eos_token_ids if stop_ids is None else stop_ids),
             np.random.default_rng(request.sampling.seed), longest, longest, [None] * batch, [0] * batch)
         state.stats.prompt_tokens = sum(len(p) for p in prompts)
@@ -278,9 +276,9 @@ class Generator:
         out = self.backend.run(C.FULL_STEP, {
             C.INPUT_IDS: np.ascontiguousarray(ids), C.POSITION_IDS: self._positions(s, start, end),
             C.ATTENTION_MASK: s.mask[:, :end], C.NUM_LOGITS_INPUT: np.array([num_logits], dtype=np.int64),
-            **s.pool.feeds(BASE)}, s.pool.output_buffers(BASE))
+            **s.pool.feeds(BASE)}, s.pool.output_buffers(BASE, hidden=True))
         s.pool.commit(BASE, out, ids.shape[1])
-        s.hidden[:, start:end] = out[C.HIDDEN_STATES]
+        s.pool.keep_hidden(start, out[C.HIDDEN_STATES])
         s.stats.base_calls += 1
         return out[C.LOGITS]
 
@@ -289,26 +287,26 @@ class Generator:
         earlier (zero before a row's first token); logits (B, V) for the next token."""
         return self._module_verified(s)[0]
 
-    def _module_verified(self, s: _State) -> tuple[np.ndarray, np.ndarray]:
-        """_module_step, also returning the module's own state g (B, dim) at the last token."""
+    def _module_verified(self, s: _State):
+        """_module_step, also returning the module's module_hidden_states (B, T, dim; in the
+        pool's memory, valid until its next module step)."""
         start, end = s.pool.lengths[MODULE], s.length
-        index = np.arange(start, end)
-        has_prev = index[None, :] - 1 >= s.pad[:, None]  # (B, T): h_{j-1} exists for the row
-        prev = np.where(has_prev[..., None], s.hidden[:, index - 1], 0).astype(self.dims.dtype)  # (B, T, dim)
-        return self._module_call(s, s.tokens[:, start:end], prev)
+        return self._module_call(s, s.tokens[:, start:end], s.pool.module_hidden(s.pad, start, end))
 
-    def _module_call(self, s: _State, ids: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The module on ids (B, T) paired with prev (B, T, dim) at its cache's next
-        positions; copies of the logits (B, V) and g (B, dim) at the last position."""
+    def _module_call(self, s: _State, ids: np.ndarray, prev):
+        """The module on ids (B, T) paired with prev (B, T, dim; from the pool) at its
+        cache's next positions; a copy of the logits (B, V) at the last position, and the
+        module_hidden_states output."""
         start = s.pool.lengths[MODULE]
         end = start + ids.shape[1]
         out = self.backend.run(C.RECYCLE_STEP, {
-            C.INPUT_IDS: np.ascontiguousarray(ids), C.HIDDEN_STATES: np.ascontiguousarray(prev),
+            C.INPUT_IDS: np.ascontiguousarray(ids), C.HIDDEN_STATES: prev,
             C.POSITION_IDS: self._positions(s, start, end), C.ATTENTION_MASK: s.mask[:, :end],
-            C.NUM_LOGITS_INPUT: np.array([1], dtype=np.int64), **s.pool.feeds(MODULE)}, s.pool.output_buffers(MODULE))
+            C.NUM_LOGITS_INPUT: np.array([1], dtype=np.int64), **s.pool.feeds(MODULE)},
+            s.pool.output_buffers(MODULE, hidden=True))
         s.pool.commit(MODULE, out, end - start)
         s.stats.module_calls += 1
-        return out[C.LOGITS][:, -1].copy(), out[C.MODULE_HIDDEN_STATES][:, -1].copy()
+        return out[C.LOGITS][:, -1].copy(), out[C.MODULE_HIDDEN_STATES]
 
     def _module_chain(self, s: _State, room: int) -> tuple[list[int], list]:
         """Up to `room` drafts from the module: the first from the verified tokens, each
@@ -325,7 +323,7 @@ class Generator:
             qs.append(q)
             if len(drafts) == room:
                 break
-            logits, g = self._module_call(s, np.array([[draft]]), g[:, None])  # (g_j, d_{j+1})
+            logits, g = self._module_call(s, np.array([[draft]]), s.pool.chained_hidden(g))  # (g_j, d_{j+1})
             chained += 1
             if not confident(logits[0], s.request.drafts.min_probability):
                 break

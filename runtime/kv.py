@@ -1,5 +1,7 @@
 """KV pools: both graphs' caches in one layer namespace (base 0..L-1, module L..L+R-1),
-a length per cache, commit of a step and rollback by positions (a rejected draft).
+a length per cache, commit of a step and rollback by positions (a rejected draft); and the
+base's hidden state per position, which the module's steps read (HostHidden here; a device
+pool keeps it in device memory).
 
 - KVPool (concat-kv-v1): the graphs return present = concat(past, new) for every layer;
   the pool keeps those arrays as the next step's past (no copy on our side).
@@ -29,7 +31,33 @@ def prompt_feeds(tokens: list[int], num_logits: int) -> dict[str, np.ndarray]:
             C.NUM_LOGITS_INPUT: np.array([num_logits], dtype=np.int64)}
 
 
-class KVPool:
+class HostHidden:
+    """The base's h_j per cache position, (B, capacity, dim) numpy, for pools on the host;
+    made at the first step that keeps one (a pool that only runs the base holds none)."""
+
+    capacity: int
+    _hidden: np.ndarray | None = None
+
+    def keep_hidden(self, start: int, hidden: np.ndarray) -> None:
+        """Keep a base step's hidden_states (B, T, dim) as positions start .. start+T-1."""
+        if self._hidden is None:
+            self._hidden = np.zeros((hidden.shape[0], self.capacity, hidden.shape[2]), dtype=hidden.dtype)
+        self._hidden[:, start:start + hidden.shape[1]] = hidden
+
+    def module_hidden(self, pad: np.ndarray, start: int, end: int) -> np.ndarray:
+        """The module's hidden_states input for positions start .. end-1: h_{j-1} for each
+        position j, zero where row r has none (j - 1 < pad[r]: its first token, or padding)."""
+        index = np.arange(start, end)
+        has_prev = index[None, :] - 1 >= pad[:, None]  # (B, T)
+        return np.where(has_prev[..., None], self._hidden[:, index - 1], 0).astype(self._hidden.dtype)
+
+    def chained_hidden(self, states: np.ndarray) -> np.ndarray:
+        """The module's hidden_states input for a chained draft: its own module_hidden_states
+        (B, T, dim) at the last position, (B, 1, dim)."""
+        return np.ascontiguousarray(states[:, -1:])
+
+
+class KVPool(HostHidden):
     def __init__(self, dims: C.Dims, batch: int, capacity: int):
         self.capacity = capacity
         self.layers = {BASE: C.full_step(dims).kv_layers, MODULE: C.recycle_step(dims).kv_layers}
@@ -42,8 +70,9 @@ class KVPool:
         """The past_key_values.* inputs of the graph that owns `cache`."""
         return {name(i): self.past[name(i)] for i in self.layers[cache] for name in (C.past_key, C.past_value)}
 
-    def output_buffers(self, cache: str) -> dict:
-        """Where present.* should be written: nowhere in particular, the backend allocates."""
+    def output_buffers(self, cache: str, hidden: bool = False) -> dict:
+        """Where present.* should be written: nowhere in particular, the backend allocates
+        (and hidden states come back as arrays, whatever `hidden` asks)."""
         return {}
 
     def commit(self, cache: str, outputs: dict[str, np.ndarray], new: int) -> None:
@@ -75,7 +104,7 @@ class InplaceOutputs:
     bindings: dict  # graph name -> the backend's binding of the pool's buffers, kept by the pool
 
 
-class InplaceKVPool:
+class InplaceKVPool(HostHidden):
     """Fixed-capacity buffers, (rows, H_kv, capacity, D) per layer, key and value (one row
     for a Generator; a continuous batch's slots for runtime.batching). `buffers` maps each
     past_key_values.* name to its buffer as the backend binds it (an onnxruntime OrtValue
@@ -107,9 +136,10 @@ class InplaceKVPool:
     def feeds(self, cache: str) -> dict:
         return self._feeds[cache]
 
-    def output_buffers(self, cache: str) -> "InplaceOutputs":
+    def output_buffers(self, cache: str, hidden: bool = False) -> "InplaceOutputs":
         """present.* name -> the buffer its past_key_values.* reads (the graph updates it in
-        place), with the pool's bindings for the backend to reuse."""
+        place), with the pool's bindings for the backend to reuse (hidden states come back
+        as arrays, whatever `hidden` asks)."""
         return self._outputs[cache]
 
     def commit(self, cache: str, outputs: dict, new: int) -> None:

@@ -89,30 +89,45 @@ class DeviceTensor:
 
 
 class DeviceKVPool:
-    """KVPool's interface over device buffers, swapped rather than copied between steps.
+    """KVPool's interface over device buffers, swapped rather than copied between steps,
+    and the base's hidden state per position kept in device memory too: hidden_states go
+    from the full step's output to the module's input without a trip through the host.
     The backend that made a pool frees it in its close(); a pool may also be closed alone."""
 
     def __init__(self, dims: C.Dims, batch: int, capacity: int, stream: Any = None):
         self.rt = cudart()
         self.dims, self.batch, self.capacity = dims, batch, capacity
-        self.stream = stream  # the backend's: rollback copies are ordered with its steps
+        self.stream = stream  # the backend's: copies are ordered with its steps
         self.layers = {BASE: C.full_step(dims).kv_layers, MODULE: C.recycle_step(dims).kv_layers}
         self.lengths = {BASE: 0, MODULE: 0}
         self.itemsize = np.dtype(dims.dtype).itemsize  # the export's dtype, which the plans keep at their I/O
-        slots = capacity + C.DECODE_MAX_NEW  # a verify step may briefly hold a draft past capacity
-        self.buffer_bytes = batch * dims.n_kv_heads * slots * dims.head_dim * self.itemsize
+        self.slots = capacity + C.DECODE_MAX_NEW  # a verify step may briefly hold a draft past capacity
+        self.buffer_bytes = batch * dims.n_kv_heads * self.slots * dims.head_dim * self.itemsize
+        self.row = dims.dim * self.itemsize  # one position's hidden state
         self.current: dict[str, int] = {}  # past tensor name -> device pointer holding the cache
         self.spare: dict[str, int] = {}  # past tensor name -> the buffer the next present goes to
-        for layers in self.layers.values():
-            for i in layers:
-                for name in (C.past_key(i), C.past_value(i)):
-                    self.current[name] = check(self.rt.cudaMalloc(self.buffer_bytes), "cudaMalloc")
-                    self.spare[name] = check(self.rt.cudaMalloc(self.buffer_bytes), "cudaMalloc")
+        self.hidden: dict[str, int] = {}  # the hidden-state buffers below, (batch, slots, dim) each
+        try:
+            for layers in self.layers.values():
+                for i in layers:
+                    for name in (C.past_key(i), C.past_value(i)):
+                        self.current[name] = self._malloc(self.buffer_bytes)
+                        self.spare[name] = self._malloc(self.buffer_bytes)
+            # "kept": h_j per position; "step": a full step's hidden_states output; "module_out":
+            # a recycle step's module_hidden_states; "module_in": a recycle step's hidden_states input.
+            for name in ("kept", "step", "module_out", "module_in"):
+                self.hidden[name] = self._malloc(batch * self.slots * self.row)
+        except DeviceError:
+            self.close()
+            raise
+
+    def _malloc(self, nbytes: int) -> int:
+        return int(check(self.rt.cudaMalloc(nbytes), "cudaMalloc"))
 
     def close(self) -> None:
-        for ptr in (*self.current.values(), *self.spare.values()):
+        for ptr in (*self.current.values(), *self.spare.values(), *self.hidden.values()):
             self.rt.cudaFree(ptr)
-        self.current, self.spare = {}, {}
+        self.current, self.spare, self.hidden = {}, {}, {}
 
     def _shape(self, length: int) -> tuple[int, ...]:
         return (self.batch, self.dims.n_kv_heads, length, self.dims.head_dim)
@@ -122,14 +137,20 @@ class DeviceKVPool:
         return {name(i): DeviceTensor(self.current[name(i)], shape, self.dims.dtype)
                 for i in self.layers[cache] for name in (C.past_key, C.past_value)}
 
-    def output_buffers(self, cache: str) -> dict[str, int]:
-        """present.* output name -> the device buffer the engine writes it into."""
-        return {present(i): self.spare[past(i)] for i in self.layers[cache]
-                for past, present in ((C.past_key, C.present_key), (C.past_value, C.present_value))}
+    def output_buffers(self, cache: str, hidden: bool = False) -> dict[str, int]:
+        """Output name -> the device buffer the engine writes it into: present.*, and with
+        `hidden` the graph's hidden-state output (which then comes back as a DeviceTensor
+        for keep_hidden or chained_hidden, instead of as a numpy array)."""
+        buffers = {present(i): self.spare[past(i)] for i in self.layers[cache]
+                   for past, present in ((C.past_key, C.present_key), (C.past_value, C.present_value))}
+        if hidden:
+            buffers.update({C.HIDDEN_STATES: self.hidden["step"]} if cache == BASE
+                           else {C.MODULE_HIDDEN_STATES: self.hidden["module_out"]})
+        return buffers
 
     def commit(self, cache: str, outputs: dict[str, Any], new: int) -> None:
         self.lengths[cache] += new
-        assert self.lengths[cache] <= self.capacity + C.DECODE_MAX_NEW
+        assert self.lengths[cache] <= self.slots
         for i in self.layers[cache]:
             for name in (C.past_key(i), C.past_value(i)):
                 self.current[name], self.spare[name] = self.spare[name], self.current[name]
@@ -141,12 +162,50 @@ class DeviceKVPool:
         row = self.dims.head_dim * self.itemsize
         for i in self.layers[cache]:
             for name in (C.past_key(i), C.past_value(i)):
-                check(self.rt.cudaMemcpy2DAsync(self.spare[name], new * row, self.current[name], old * row, new * row,
-                                                self.batch * self.dims.n_kv_heads,
-                                                self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.stream),
-                      "cudaMemcpy2DAsync")
+                self._copy_2d(self.spare[name], new * row, self.current[name], old * row, new * row,
+                              self.batch * self.dims.n_kv_heads)
                 self.current[name], self.spare[name] = self.spare[name], self.current[name]
         self.lengths[cache] = new
+
+    def _copy_2d(self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int) -> None:
+        if width and height:
+            check(self.rt.cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height,
+                                            self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice, self.stream),
+                  "cudaMemcpy2DAsync")
+
+    def _copy(self, dst: int, src: int, nbytes: int) -> None:
+        if nbytes:
+            check(self.rt.cudaMemcpyAsync(dst, src, nbytes, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
+                                          self.stream), "cudaMemcpyAsync")
+
+    def keep_hidden(self, start: int, hidden: DeviceTensor) -> None:
+        """Keep a full step's hidden_states (B, T, dim, from output_buffers) as positions
+        start .. start+T-1."""
+        new = hidden.shape[1]
+        self._copy_2d(self.hidden["kept"] + start * self.row, self.slots * self.row, hidden.ptr, new * self.row,
+                      new * self.row, self.batch)
+
+    def module_hidden(self, pad: np.ndarray, start: int, end: int) -> DeviceTensor:
+        """The module's hidden_states input for positions start .. end-1: h_{j-1} for each
+        position j, zero where row r has none (j - 1 < pad[r]: its first token, or padding;
+        always a leading run of the row's positions)."""
+        new, into = end - start, self.hidden["module_in"]
+        for r in range(self.batch):
+            zeros = min(max(int(pad[r]) + 1 - start, 0), new)  # positions j with j - 1 < pad[r]
+            row_start = into + r * new * self.row
+            if zeros:
+                check(self.rt.cudaMemsetAsync(row_start, 0, zeros * self.row, self.stream), "cudaMemsetAsync")
+            source = self.hidden["kept"] + (r * self.slots + start + zeros - 1) * self.row
+            self._copy(row_start + zeros * self.row, source, (new - zeros) * self.row)
+        return DeviceTensor(into, (self.batch, new, self.dims.dim), self.dims.dtype)
+
+    def chained_hidden(self, states: DeviceTensor) -> DeviceTensor:
+        """The module's hidden_states input for a chained draft: its own
+        module_hidden_states (B, T, dim, from output_buffers) at the last position."""
+        new = states.shape[1]
+        self._copy_2d(self.hidden["module_in"], self.row, states.ptr + (new - 1) * self.row, new * self.row,
+                      self.row, self.batch)
+        return DeviceTensor(self.hidden["module_in"], (self.batch, 1, self.dims.dim), self.dims.dtype)
 
 
 def check_plan_compatibility(engine: EngineInfo, trt_version: str, device: dict[str, Any], rebuild: str) -> None:
@@ -265,8 +324,9 @@ class TrtBackend(Backend):
 
     def run(self, graph: str, feeds: dict[str, Any], kv_outputs: dict[str, int] | None = None) -> dict[str, Any]:
         """One step. DeviceTensor feeds are bound in place; numpy feeds are uploaded.
-        present.* outputs go to `kv_outputs` buffers (from the pool) and come back as
-        DeviceTensors; logits and hidden states come back as numpy arrays."""
+        Outputs named in `kv_outputs` (the pool's output_buffers: present.*, and hidden
+        states the pool keeps on the device) are written to its buffers and come back as
+        DeviceTensors; the others (logits always) come back as numpy arrays."""
         with self._lock:
             return self._run(graph, feeds, kv_outputs or {})
 

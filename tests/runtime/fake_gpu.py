@@ -6,8 +6,8 @@ memmove, and every device-side range a call touches is checked to lie inside one
 allocation (an AssertionError names the call otherwise, instead of corrupting memory).
 FakeTensorRT is the `tensorrt` module's runtime side: a "plan" file names an exported
 ONNX graph, which the execution context runs under ONNX Runtime on the tensors at the
-addresses bound to it, writing its outputs to the addresses bound for them. Both count
-what crosses between host and device.
+addresses bound to it (keeping a copy of them in the plan's `fed`), writing its outputs to
+the addresses bound for them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import ctypes
 import enum
 import json
 import types
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,6 @@ class FakeCudart(types.SimpleNamespace):
                                                               cudaMemcpyDeviceToHost=DEVICE_TO_HOST,
                                                               cudaMemcpyDeviceToDevice=DEVICE_TO_DEVICE))
         self.buffers: dict[int, np.ndarray] = {}  # device pointer -> its memory
-        self.copies: Counter = Counter()  # (kind, bytes) of every copy
         self.streams = 0
 
     def device(self, ptr: int, nbytes: int, call: str) -> None:
@@ -62,7 +60,6 @@ class FakeCudart(types.SimpleNamespace):
     def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
         self._sides(kind, dst, src, nbytes, nbytes, "cudaMemcpyAsync")
         ctypes.memmove(dst, src, nbytes)
-        self.copies[kind] += 1
         return (0,)
 
     def cudaMemcpy2DAsync(self, dst, dpitch, src, spitch, width, height, kind, stream):
@@ -72,7 +69,6 @@ class FakeCudart(types.SimpleNamespace):
                         "cudaMemcpy2DAsync")
         for row in range(height):
             ctypes.memmove(dst + row * dpitch, src + row * spitch, width)
-        self.copies[kind] += 1
         return (0,)
 
     def cudaMemsetAsync(self, ptr, value, nbytes, stream):
@@ -124,6 +120,7 @@ class _Plan:
         self.outputs = {o.name: o for o in self.session.get_outputs()}
         self.names = [*self.inputs, *self.outputs]
         self.num_io_tensors = len(self.names)
+        self.fed: list[dict[str, np.ndarray]] = []  # the inputs of every execution
 
     def get_tensor_name(self, i):
         return self.names[i]
@@ -183,6 +180,7 @@ class _Context:
 
     def execute_async_v3(self, stream):
         feeds = {name: read(self.addresses[name], self.shapes[name], self._dtype(name)) for name in self.plan.inputs}
+        self.plan.fed.append(feeds)
         outputs = self.plan.session.run(list(self.plan.outputs), feeds)
         for name, value in zip(self.plan.outputs, outputs):
             assert value.shape == self.get_tensor_shape(name), (name, value.shape, self.get_tensor_shape(name))
