@@ -22,6 +22,8 @@ TASK_SETS = {"real": ROOT / "benchmarks" / "tasks" / "real_tasks.jsonl"}
 KINDS = ("chat", "translation", "summarization", "qa", "math", "rag")  # the order reports use
 ROLES = ("system", "user", "assistant")
 _FIX = "fix the task file"
+
+
 @dataclass(frozen=True)
 class Message:
     role: str
