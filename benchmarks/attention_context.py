@@ -24,6 +24,10 @@ import numpy as np
 
 def gqa_session(layers: int, heads: int, kv_heads: int, head_dim: int, capacity: int, new: int, threads: int,
                 float16: bool = False):
+    """A session of `layers` GroupQueryAttention nodes over in-place caches of `capacity`
+    positions, with an IO binding of random caches and a random query of `new` tokens (the
+    caller binds seqlens_k and total). The caches are drawn before the query, so sessions of
+    any width with the same capacity see the same caches and the same first query row."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -51,13 +55,13 @@ def gqa_session(layers: int, heads: int, kv_heads: int, head_dim: int, capacity:
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     binding = session.io_binding()
-    binding.bind_cpu_input("qkv", rng.random((1, new, width)).astype(dtype))
     for i in range(layers):
         for kv in "kv":  # the engines' in-place form: past and present share one buffer
             buffer = ort.OrtValue.ortvalue_from_numpy(rng.random((1, kv_heads, capacity, head_dim)).astype(dtype))
             binding.bind_ortvalue_input(f"past_{kv}{i}", buffer)
             binding.bind_ortvalue_output(f"{kv}{i}", buffer)
         binding.bind_output(f"out{i}")
+    binding.bind_cpu_input("qkv", rng.random((1, new, width)).astype(dtype))
     return session, binding
 
 

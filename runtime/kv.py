@@ -49,7 +49,7 @@ class HostHidden:
         position j, zero where row r has none (j - 1 < pad[r]: its first token, or padding)."""
         index = np.arange(start, end)
         has_prev = index[None, :] - 1 >= pad[:, None]  # (B, T)
-        return np.where(has_prev[..., None], self._hidden[:, index - 1], 0).astype(self._hidden.dtype)
+        return np.where(has_prev[..., None], self._hidden[:, index - 1], 0).astype(self._hidden.dtype, copy=False)
 
     def chained_hidden(self, states: np.ndarray) -> np.ndarray:
         """The module's hidden_states input for a chained draft: its own module_hidden_states

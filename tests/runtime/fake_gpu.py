@@ -4,6 +4,8 @@ FakeCudart is cuda-python's runtime module for the calls the backend makes, over
 buffers that are numpy arrays: a device pointer is the array's address, so every copy is a
 memmove, and every device-side range a call touches is checked to lie inside one live
 allocation (an AssertionError names the call otherwise, instead of corrupting memory).
+`calls` records the allocations, frees and 2-D copies with their arguments. Like the real
+module it has no synchronous copy.
 FakeTensorRT is the `tensorrt` module's runtime side: a "plan" file names an exported
 ONNX graph, which the execution context runs under ONNX Runtime on the tensors at the
 addresses bound to it (keeping a copy of them in the plan's `fed`), writing its outputs to
@@ -32,6 +34,7 @@ class FakeCudart(types.SimpleNamespace):
                                                               cudaMemcpyDeviceToHost=DEVICE_TO_HOST,
                                                               cudaMemcpyDeviceToDevice=DEVICE_TO_DEVICE))
         self.buffers: dict[int, np.ndarray] = {}  # device pointer -> its memory
+        self.calls: list[tuple] = []
         self.streams = 0
 
     def device(self, ptr: int, nbytes: int, call: str) -> None:
@@ -42,11 +45,13 @@ class FakeCudart(types.SimpleNamespace):
         raise AssertionError(f"{call}: {nbytes} bytes at {ptr:#x} are not inside one device allocation")
 
     def cudaMalloc(self, nbytes):
+        self.calls.append(("cudaMalloc", nbytes))
         array = np.full(nbytes, 0xA5, dtype=np.uint8)  # not zeros: a read of unwritten memory shows
         self.buffers[array.ctypes.data] = array
         return 0, array.ctypes.data
 
     def cudaFree(self, ptr):
+        self.calls.append(("cudaFree", ptr))
         assert ptr in self.buffers, f"cudaFree of {ptr:#x}, not an allocation"
         del self.buffers[ptr]
         return (0,)
@@ -63,6 +68,7 @@ class FakeCudart(types.SimpleNamespace):
         return (0,)
 
     def cudaMemcpy2DAsync(self, dst, dpitch, src, spitch, width, height, kind, stream):
+        self.calls.append(("cudaMemcpy2DAsync", dpitch, spitch, width, height, stream))
         assert width <= dpitch and width <= spitch, "cudaMemcpy2DAsync: width beyond a pitch"
         if height:
             self._sides(kind, dst, src, dpitch * (height - 1) + width, spitch * (height - 1) + width,
@@ -91,6 +97,14 @@ class FakeCudart(types.SimpleNamespace):
 
     def cudaGetDeviceProperties(self, device):
         return 0, types.SimpleNamespace(name=b"Fake GPU", major=9, minor=0)
+
+
+def install_fake_cuda(monkeypatch) -> FakeCudart:
+    """A FakeCudart where the TensorRT backend and runtime.cuda look cuda-python up."""
+    fake = FakeCudart()
+    monkeypatch.setattr("runtime.backends.tensorrt.cudart", lambda: fake)
+    monkeypatch.setattr("runtime.cuda.cudart", lambda: fake)
+    return fake
 
 
 def read(ptr: int, shape: tuple[int, ...], dtype: str) -> np.ndarray:

@@ -13,37 +13,14 @@ from runtime import contract as C
 from runtime.backends import tensorrt as backend
 from runtime.errors import DeviceError
 from tests.engines.fake_tensorrt import fake_tensorrt
+from tests.runtime.fake_gpu import install_fake_cuda
 
 DIMS = C.Dims(n_layers=2, recycle_layers=1, n_kv_heads=2, head_dim=16, dim=64, vocab_size=96, dtype="float16")
 
 
-class FakeCudart(types.SimpleNamespace):
-    """cuda.bindings.runtime's calls the pool makes, recorded; no synchronous copy exists."""
-
-    def __init__(self):
-        super().__init__(calls=[], cudaError_t=types.SimpleNamespace(cudaSuccess=0),
-                         cudaMemcpyKind=types.SimpleNamespace(cudaMemcpyDeviceToDevice=3), next_ptr=4096)
-
-    def cudaMalloc(self, nbytes):
-        self.calls.append(("cudaMalloc", nbytes))
-        self.next_ptr += nbytes
-        return 0, self.next_ptr
-
-    def cudaFree(self, ptr):
-        self.calls.append(("cudaFree", ptr))
-        return (0,)
-
-    def cudaMemcpy2DAsync(self, dst, dpitch, src, spitch, width, height, kind, stream):
-        self.calls.append(("cudaMemcpy2DAsync", dpitch, spitch, width, height, stream))
-        return (0,)
-
-
 @pytest.fixture
 def rt(monkeypatch):
-    fake = FakeCudart()
-    monkeypatch.setattr(backend, "cudart", lambda: fake)
-    monkeypatch.setattr("runtime.cuda.cudart", lambda: fake)
-    return fake
+    return install_fake_cuda(monkeypatch)
 
 
 def test_pool_is_in_the_exports_dtype_and_rolls_back_on_the_backends_stream(rt):

@@ -16,7 +16,7 @@ from runtime.artifacts import Artifacts
 from runtime.backends import tensorrt as backend
 from runtime.generator import Generator
 from runtime.request import DraftOptions, Request, SamplingParams
-from tests.runtime.fake_gpu import FakeCudart, fake_tensorrt_runtime, write_plans
+from tests.runtime.fake_gpu import fake_tensorrt_runtime, install_fake_cuda, write_plans
 
 PROMPTS = [[5, 9, 13, 2, 7, 5, 9, 13], [3, 4, 5, 6]]
 REQUESTS = [Request("standard", max_new_tokens=12),
@@ -37,11 +37,8 @@ def export(request):
 
 @pytest.fixture
 def gpu(monkeypatch):
-    rt = FakeCudart()
-    monkeypatch.setattr(backend, "cudart", lambda: rt)
-    monkeypatch.setattr("runtime.cuda.cudart", lambda: rt)
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt_runtime("10.3.0"))
-    return rt
+    return install_fake_cuda(monkeypatch)
 
 
 def _record_module_inputs(generator: Generator) -> list[np.ndarray]:
