@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --disable-pip-version-check -q
+# No download cache: the venv holds what is installed, and a second copy in ~/.cache/pip has
+# run a nearly full disk out of space mid-install.
+PIP := $(PY) -m pip --disable-pip-version-check --no-cache-dir -q
 BUILD := build
 SMOLLM_GGUF = $(shell $(PY) -c "from benchmarks.llama_cpp_peer import smollm_gguf; print(smollm_gguf())")
 PROMPT ?= What is the capital of France? Answer in one sentence.
