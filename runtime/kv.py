@@ -53,8 +53,9 @@ class HostHidden:
 
     def chained_hidden(self, states: np.ndarray) -> np.ndarray:
         """The module's hidden_states input for a chained draft: its own module_hidden_states
-        (B, T, dim) at the last position, (B, 1, dim)."""
-        return np.ascontiguousarray(states[:, -1:])
+        (B, T, dim) at the last position, (B, 1, dim). A copy: an in-place engine writes the
+        next step's module_hidden_states into the buffer `states` lives in."""
+        return states[:, -1:].copy()
 
 
 class KVPool(HostHidden):

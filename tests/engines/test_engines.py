@@ -115,6 +115,30 @@ def test_cpu_builds_run_in_the_runtime(artifacts, precision):
             assert 0 < figures["max_abs_logit_diff"] and 0 <= figures["next_token_agreement"] <= 1
 
 
+def test_a_chained_draft_never_reads_the_buffer_its_step_writes(artifacts):
+    """An in-place engine keeps each step shape's outputs in one buffer per pool; a chained
+    module draft's hidden input (the previous step's module_hidden_states) must be its own
+    copy, not a view of the buffer the next step writes (it was, on 18 of 30 steps here)."""
+    import numpy as np
+
+    from runtime.request import DraftOptions
+
+    build(artifacts, "cpu", "fp32")
+    generator = Generator.from_artifacts(artifacts, engine="cpu-fp32")
+    aliased, run = [], generator.backend.run
+
+    def recording(graph, feeds, kv_outputs=None):
+        out = run(graph, feeds, kv_outputs)
+        if graph == C.RECYCLE_STEP:
+            aliased.append(np.shares_memory(feeds[C.HIDDEN_STATES], out[C.MODULE_HIDDEN_STATES]))
+        return out
+
+    generator.backend.run = recording
+    generator.generate([5, 9, 13, 2], Request("verify", max_new_tokens=12, drafts=DraftOptions(
+        max_draft=3, lookup_ngram=0, module=True, min_probability=0.0)))
+    assert len(aliased) > 10 and not any(aliased)
+
+
 def test_engine_checks_against_its_sources(artifacts):
     build(artifacts, "cpu", "fp32")
     folder = artifacts / "engines" / "cpu-fp32"
